@@ -1,0 +1,77 @@
+"""Benchmarking a saved checkpoint with lm-evaluation-harness.
+
+Renders the task YAMLs (with the absolute path of the test file) and a copy of the thin
+``utils.py`` into ``<out>/lmeval_tasks/``, runs ``lm_eval.simple_evaluate`` on the CPU and writes
+one JSON to a fixed path: greedy accuracy and avg@k with their stderr, sample counts and the
+per-sample outputs. The same numbers come out of the plain CLI:
+
+    lm_eval --model hf --model_args pretrained=<checkpoint>,dtype=float32 --device cpu \
+        --include_path <out>/lmeval_tasks --tasks opd_<task>_greedy,opd_<task>_avg<k> \
+        --batch_size 64 --seed <seed>
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from opdpipe.provenance import atomic_write_json, provenance
+
+TEMPLATES = Path(__file__).parent / "lmeval_tasks"
+
+
+def render_tasks(task: str, data_file: str | Path, k: int, max_gen_toks: int, dest: str | Path) -> list[str]:
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    fields = {"task": task, "data_file": str(Path(data_file).resolve()), "k": k, "max_gen_toks": max_gen_toks}
+    for tmpl in ("greedy", "sampled"):
+        text = (TEMPLATES / f"{tmpl}.yaml.tmpl").read_text().format(**fields)
+        (dest / f"opd_{task}_{tmpl}.yaml").write_text(text)
+    shutil.copy(TEMPLATES / "utils.py", dest / "utils.py")
+    return [f"opd_{task}_greedy", f"opd_{task}_avg{k}"]
+
+
+def _metric(res: dict, name: str) -> tuple[float, float]:
+    key = next(k for k in res if k.startswith(name + ",") and "stderr" not in k)
+    err = res.get(key.replace(",", "_stderr,", 1))
+    return float(res[key]), float(err) if isinstance(err, (int, float)) else float("nan")
+
+
+def run(checkpoint: str | Path, task: str, data_file: str | Path, out_json: str | Path, k: int = 8,
+        max_gen_toks: int = 48, batch_size: int = 64, limit: int | None = None, seed: int = 0,
+        threads: int = 1, label: str = "") -> dict:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    torch.set_num_threads(threads)
+    if not (Path(checkpoint) / "config.json").exists():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}: run the stage that produces it first")
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    out_json = Path(out_json)
+    task_dir = out_json.parent / "lmeval_tasks"
+    names = render_tasks(task, data_file, k, max_gen_toks, task_dir)
+    t0 = time.perf_counter()
+    res = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={Path(checkpoint).resolve()},dtype=float32", tasks=names,
+        device="cpu", batch_size=batch_size, limit=limit, log_samples=True,
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+    wall = time.perf_counter() - t0
+    greedy, sampled = res["results"][names[0]], res["results"][names[1]]
+    acc, acc_se = _metric(greedy, "acc")
+    avg, avg_se = _metric(sampled, "avg_at_k")
+    pass_k, _ = _metric(sampled, "pass_at_k")
+    samples = [{"doc_id": s["doc_id"], "id": s["doc"]["id"], "prompt": s["doc"]["prompt"],
+                "answer": s["doc"]["answer"], "greedy": g["filtered_resps"][0], "greedy_correct": g["acc"],
+                "samples": s["filtered_resps"][0], "avg_at_k": s["avg_at_k"]}
+               for g, s in zip(res["samples"][names[0]], res["samples"][names[1]])]
+    out = {"label": label, "task": task, "checkpoint": str(checkpoint), "k": k,
+           "greedy_acc": acc, "greedy_acc_stderr": acc_se, "avg_at_k": avg, "avg_at_k_stderr": avg_se,
+           "pass_at_k": pass_k, "n_samples": len(samples), "wall_s": wall, "lm_eval_tasks": names,
+           "lm_eval_version": res.get("lm_eval_version"), "samples": samples,
+           **provenance({"checkpoint": str(checkpoint), "task": task, "k": k, "limit": limit}, seed)}
+    atomic_write_json(out_json, out)
+    return out

@@ -1,0 +1,85 @@
+"""Batched autoregressive sampling with a KV cache.
+
+Training rollouts must be samples from the student itself: temperature 1, no top-k/top-p, so
+this module offers exactly two modes, plain sampling and greedy decoding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Rollout:
+    prompt_ids: list[list[int]]
+    response: torch.Tensor  # [B, T] sampled ids, pad after EOS
+    mask: torch.Tensor  # [B, T] 1 for response tokens (EOS included), 0 for padding
+    logprobs: torch.Tensor  # [B, T] behaviour log-probs of the sampled tokens
+    truncated: torch.Tensor  # [B] True when no EOS within max_new_tokens
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
+           greedy: bool = False, generator: torch.Generator | None = None) -> Rollout:
+    """Sample (or greedily decode) continuations of left-padded prompts until EOS or the budget."""
+    ids, attn = left_pad(prompt_ids, pad_id)
+    B = ids.shape[0]
+    pos = (attn.cumsum(-1) - 1).clamp_min(0)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    past, logits, next_pos = out.past_key_values, out.logits[:, -1], pos[:, -1] + 1
+    tokens, logps = [], []
+    done = torch.zeros(B, dtype=torch.bool)
+    for _ in range(max_new_tokens):
+        logp = torch.log_softmax(logits.float(), dim=-1)  # [B, V]
+        if greedy:
+            tok = logp.argmax(-1)
+        else:
+            tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+        tok_lp = logp.gather(-1, tok[:, None]).squeeze(-1)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        tokens.append(tok)
+        logps.append(torch.where(done, torch.zeros_like(tok_lp), tok_lp))
+        done = done | (tok == eos_id)
+        if done.all():
+            break
+        attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype)], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
+                    past_key_values=past, use_cache=True)
+        past, logits, next_pos = out.past_key_values, out.logits[:, -1], next_pos + 1
+    response = torch.stack(tokens, dim=1)
+    # a token is part of the response if no EOS came strictly before it
+    eos_before = torch.cumsum((response == eos_id).long(), dim=1) - (response == eos_id).long()
+    mask = (eos_before == 0).long()
+    return Rollout(prompt_ids, response, mask, torch.stack(logps, dim=1) * mask, ~done)
+
+
+def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
+    texts = []
+    for row, m in zip(rollout.response, rollout.mask):
+        ids = [int(t) for t, keep in zip(row, m) if keep and int(t) != tokenizer.eos_token_id]
+        texts.append(tokenizer.decode(ids))
+    return texts
+
+
+def greedy_accuracy(model, tokenizer, examples: list[dict], score, max_new_tokens: int,
+                    batch_size: int = 128) -> tuple[float, list[str]]:
+    """Greedy-decoding accuracy of `model` on `examples` with the task's `score` function."""
+    outputs = []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        prompts = [tokenizer(e["prompt"])["input_ids"] for e in chunk]
+        r = sample(model, prompts, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, greedy=True)
+        outputs.extend(decode_responses(tokenizer, r))
+    correct = [score(o, e["answer"]) for o, e in zip(outputs, examples)]
+    return sum(correct) / max(len(correct), 1), outputs

@@ -1,0 +1,60 @@
+"""Small Llama-architecture causal LMs built from a config dict, and checkpoint loading.
+
+Llama, not Qwen2: with Qwen2Config, AutoTokenizer swaps a custom tokenizer for Qwen2Tokenizer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig
+
+MODEL_KEYS = {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+              "max_position_embeddings"}
+
+
+def build_model(spec: dict, tokenizer, seed: int) -> torch.nn.Module:
+    unknown = set(spec) - MODEL_KEYS
+    if unknown:
+        raise ValueError(f"model config: unknown key(s) {sorted(unknown)}; allowed: {sorted(MODEL_KEYS)}")
+    cfg = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                      num_key_value_heads=spec["num_attention_heads"], tie_word_embeddings=True,
+                      **spec)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    # sampling defaults for lm-eval and generate(): plain temperature sampling, no truncation
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id, top_k=None, top_p=None)
+    return model
+
+
+def load_model(path: str | Path) -> torch.nn.Module:
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"no checkpoint at {path} (missing config.json); run the stage that makes it first")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    model.eval()
+    return model
+
+
+def num_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_checkpoint(model, tokenizer, path: str | Path) -> None:
+    """save_pretrained (safetensors) model + tokenizer into `path`, atomically."""
+    from opdpipe.provenance import atomic_dir
+
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+
+
+def resolve_pretrained(spec: dict) -> str:
+    """A Hugging Face model id + pinned revision -> a local snapshot folder (paper-scale configs)."""
+    from huggingface_hub import snapshot_download
+
+    if not spec.get("revision"):
+        raise ValueError(f"model {spec['hf_id']!r}: a pinned 'revision' (commit hash) is required for reproducibility")
+    return snapshot_download(spec["hf_id"], revision=spec["revision"])

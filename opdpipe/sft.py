@@ -1,0 +1,69 @@
+"""Supervised fine-tuning on (prompt, response) pairs: next-token loss on response tokens only."""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]], max_len: int) -> list[tuple[list[int], int]]:
+    """-> [(prompt + response + EOS ids, prompt length)], truncated to max_len."""
+    out = []
+    for prompt, response in pairs:
+        p = tokenizer(prompt)["input_ids"]
+        r = tokenizer(response)["input_ids"] + [tokenizer.eos_token_id]
+        out.append(((p + r)[:max_len], len(p)))
+    return out
+
+
+def collate(batch: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded input ids [B, T], attention mask [B, T], and labels [B, T] (-100 off the response)."""
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, (seq, plen) in enumerate(batch):
+        ids[i, :len(seq)] = torch.tensor(seq)
+        attn[i, :len(seq)] = 1
+        labels[i, plen:len(seq)] = torch.tensor(seq[plen:])
+    return ids, attn, labels
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float = 0.1):
+    """Linear warm-up then cosine decay to `min_ratio` of the peak."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def train_sft(model, tokenizer, pairs: list[tuple[str, str]], steps: int, batch_size: int, lr: float,
+              seed: int, max_len: int = 256, weight_decay: float = 0.0, log_every: int = 50,
+              log=print) -> dict:
+    """Train in place; returns {'loss_first', 'loss_last', 'tokens_per_s', 'wall_s'}."""
+    data = encode_pairs(tokenizer, pairs, max_len)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(max(1, steps // 20), steps))
+    model.train()
+    t0, tokens, losses = time.perf_counter(), 0, []
+    for step in range(steps):
+        idx = torch.randint(len(data), (batch_size,), generator=gen).tolist()
+        ids, attn, labels = collate([data[i] for i in idx], tokenizer.pad_token_id)
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        tokens += int(attn.sum())
+        losses.append(loss.item())
+        if log_every and (step + 1) % log_every == 0:
+            log(f"sft step {step + 1}/{steps} loss {sum(losses[-log_every:]) / log_every:.4f}")
+    model.eval()
+    wall = time.perf_counter() - t0
+    return {"loss_first": losses[0], "loss_last": sum(losses[-10:]) / min(10, len(losses)),
+            "tokens_per_s": tokens / wall, "wall_s": wall}

@@ -1,0 +1,37 @@
+"""The SFT-init student: a smaller model trained on a limited number of teacher completions.
+
+This is the "SFT-init" row of the report and the starting point of every OPD run. It is
+deliberately trained briefly so that distillation has headroom.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from opdpipe.data import read_jsonl
+from opdpipe.models import build_model, load_model, num_params, resolve_pretrained, save_checkpoint
+from opdpipe.provenance import atomic_write_json, provenance
+from opdpipe.sft import train_sft
+from opdpipe.tokenizer import load_tokenizer
+
+
+def run(task: str, cfg: dict, completions: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
+        seed: int, threads: int = 1, log=print) -> dict:
+    """cfg: the study's 'student' block: {'model': {...} | 'hf_id', 'sft': {num_examples, steps, batch_size, lr}}."""
+    torch.set_num_threads(threads)
+    tok = load_tokenizer(tokenizer_dir)
+    rows = read_jsonl(completions)[:cfg["sft"]["num_examples"]]
+    if cfg["sft"].get("only_correct", False):
+        rows = [r for r in rows if r["correct"]]
+    model = load_model(resolve_pretrained(cfg)) if "hf_id" in cfg else build_model(cfg["model"], tok, seed)
+    t0 = time.perf_counter()
+    s = cfg["sft"]
+    stats = train_sft(model, tok, [(r["prompt"], r["completion"]) for r in rows], s["steps"], s["batch_size"],
+                      s["lr"], seed, log=log)
+    save_checkpoint(model, tok, Path(out_dir) / "checkpoint")
+    manifest = {"task": task, "num_params": num_params(model), "num_examples": len(rows), "train": stats,
+                "wall_s": {"train": time.perf_counter() - t0}, **provenance({"task": task, "student": cfg}, seed)}
+    atomic_write_json(Path(out_dir) / "manifest.json", manifest)
+    return manifest

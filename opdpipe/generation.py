@@ -37,7 +37,7 @@ def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int,
     B = ids.shape[0]
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
-    past, logits, next_pos = out.past_key_values, out.logits[:, -1], pos[:, -1] + 1
+    past, logits, next_pos = out.cache, out.logits[:, -1], pos[:, -1] + 1
     tokens, logps = [], []
     done = torch.zeros(B, dtype=torch.bool)
     for _ in range(max_new_tokens):
@@ -55,8 +55,8 @@ def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int,
             break
         attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype)], dim=1)
         out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
-                    past_key_values=past, use_cache=True)
-        past, logits, next_pos = out.past_key_values, out.logits[:, -1], next_pos + 1
+                    cache=past, use_cache=True)
+        past, logits, next_pos = out.cache, out.logits[:, -1], next_pos + 1
     response = torch.stack(tokens, dim=1)
     # a token is part of the response if no EOS came strictly before it
     eos_before = torch.cumsum((response == eos_id).long(), dim=1) - (response == eos_id).long()

@@ -45,7 +45,7 @@ def run(task: str, cfg: dict, data_dir: str | Path, tokenizer_dir: str | Path, o
         model = build_model(tcfg["model"], tok, seed)
         tr = tcfg["train"]
         train_stats = train_sft(model, tok, [(e["prompt"], e["target"]) for e in splits["train"]], tr["steps"],
-                                tr["batch_size"], tr["lr"], seed, log=log)
+                                tr["batch_size"], tr["lr"], seed, noise=tr.get("noise", 0.0), log=log)
     t_train = time.perf_counter() - t0
     save_checkpoint(model, tok, out_dir / "checkpoint")
     val_acc, _ = greedy_accuracy(model, tok, splits["validation"], T.score, cfg["max_new_tokens"])

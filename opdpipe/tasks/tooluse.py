@@ -15,18 +15,23 @@ import re
 
 from opdpipe.tasks import TASKS, Task
 
-CITIES = ("oslo", "rome", "lima", "kyiv", "doha", "baku", "riga", "bern", "pune", "nice")
-PEOPLE = ("ann", "bob", "cal", "dee", "eve", "fay", "gus", "hal")
+CITIES = ("oslo", "rome", "lima", "kyiv", "doha", "baku", "riga", "bern", "pune", "nice", "cork", "graz", "bonn",
+          "faro", "male")
+PEOPLE = ("ann", "bob", "cal", "dee", "eve", "fay", "gus", "hal", "ivy", "jo")
 SONGS = ("blue", "rain", "home", "fire", "gold", "moon", "sea", "road")
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+COUNTS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "twenty", "thirty")
 # name -> (argument names, value sampler, request templates, number of distinct argument values)
 TOOLS = {
     "weather": (("city", "unit"), lambda r: [r.choice(CITIES), r.choice(("c", "f"))],
                 ("weather in {city} in {unit}", "how hot is {city}? use {unit}"), len(CITIES) * 2),
-    "alarm": (("hour",), lambda r: [str(r.randint(1, 12))], ("wake me at {hour}", "set an alarm for {hour}"), 12),
+    "alarm": (("day", "time"), lambda r: [r.choice(DAYS), r.choice(("am", "pm", "noon"))],
+              ("wake me {day} at {time}", "set an alarm for {day} {time}"), len(DAYS) * 3),
     "email": (("to", "topic"), lambda r: [r.choice(PEOPLE), r.choice(SONGS)],
               ("mail {to} about {topic}", "send {to} a note on {topic}"), len(PEOPLE) * len(SONGS)),
     "play": (("song",), lambda r: [r.choice(SONGS)], ("play {song}", "put on the song {song}"), len(SONGS)),
-    "timer": (("mins",), lambda r: [str(r.randint(1, 60))], ("timer for {mins} min", "count down {mins} min"), 60),
+    "timer": (("mins",), lambda r: [r.choice(COUNTS)], ("timer for {mins} min", "count down {mins} min"),
+              len(COUNTS)),
     "call": (("who",), lambda r: [r.choice(PEOPLE)], ("call {who}", "ring {who} now"), len(PEOPLE)),
 }
 CALL_RE = re.compile(r"^\s*([A-Za-z_]\w*)\s*(\{.*\})\s*$", re.S)

@@ -1,0 +1,44 @@
+"""Sampled-token log-probabilities of a response under a causal LM, aligned by construction.
+
+Each row is laid out as ``[left-padded context | response]``, so every response occupies the last
+T positions and the logit that predicts response token t sits at position ``P - 1 + t``. Only the
+T logit rows that predict response tokens are computed (``logits_to_keep``); the full
+``[B, P+T, V]`` tensor is never formed, which keeps the path valid for 150k-token vocabularies.
+Student and teacher may see different contexts (e.g. privileged information for the teacher):
+each gets its own left-padded context, and the response positions still line up.
+"""
+from __future__ import annotations
+
+import torch
+
+from opdpipe.generation import left_pad
+
+
+def response_logits(model, context_ids: list[list[int]], response: torch.Tensor, response_mask: torch.Tensor,
+                    pad_id: int) -> torch.Tensor:
+    """Logits [B, T, V] that predict each response token given its context and earlier tokens."""
+    ctx, ctx_mask = left_pad(context_ids, pad_id)
+    T = response.shape[1]
+    ids = torch.cat([ctx, torch.where(response_mask.bool(), response, torch.full_like(response, pad_id))], dim=1)
+    attn = torch.cat([ctx_mask, torch.ones_like(response_mask, dtype=ctx_mask.dtype)], dim=1)
+    pos = (attn.cumsum(-1) - 1).clamp_min(0)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1)
+    return out.logits[:, :T].float()  # position P-1+t predicts response token t
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[token] without materialising the full log-softmax. [B, T, V] -> [B, T]."""
+    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def sequence_logprobs(model, context_ids, response, response_mask, pad_id) -> torch.Tensor:
+    """Sampled-token log-probs [B, T] (zero at masked positions); gradients flow if enabled."""
+    lp = token_logprobs(response_logits(model, context_ids, response, response_mask, pad_id), response)
+    return lp * response_mask
+
+
+@torch.no_grad()
+def teacher_logprobs(teacher, context_ids, response, response_mask, pad_id) -> torch.Tensor:
+    """One batched no-grad forward pass of the frozen teacher: [B, T] sampled-token log-probs."""
+    return sequence_logprobs(teacher, context_ids, response, response_mask, pad_id)

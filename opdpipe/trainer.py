@@ -1,0 +1,307 @@
+"""On-policy distillation: one training run for one (task, divergence, advantage design, seed).
+
+Per step, in the paper's order: sample prompts; draw G rollouts per prompt from the student
+(temperature 1, no truncation); score every response token with the frozen teacher; form
+log_u = lp_teacher - lp_student, clip it, turn it into advantages (registries); minimise the
+importance-sampling loss over `num_substeps` minibatches with AdamW, gradient clipping and a
+learning-rate schedule. Defaults follow the paper: gamma = 0, no advantage normalisation, no
+ratio clipping.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from opdpipe import bias_meter
+from opdpipe.advantages import compute_advantages, get_design
+from opdpipe.data import read_jsonl
+from opdpipe.divergences import clip_log_u, get_divergence
+from opdpipe.generation import decode_responses, greedy_accuracy, sample
+from opdpipe.losses import AGGREGATIONS, policy_loss
+from opdpipe.models import load_model, save_checkpoint
+from opdpipe.provenance import atomic_dir, atomic_write_json, atomic_write_text, provenance
+from opdpipe.scoring import sequence_logprobs, teacher_logprobs
+from opdpipe.sft import lr_lambda
+from opdpipe.tasks import get_task
+from opdpipe.tokenizer import load_tokenizer
+
+# ---------------------------------------------------------------- defaults (the paper's recipe)
+DEFAULTS = {
+    "steps": 60,                 # optimizer steps (one batch of fresh rollouts each)
+    "prompts_per_step": 16,      # prompts sampled per step
+    "group_size": 4,             # rollouts per prompt (Tinker / paper: 4)
+    "num_substeps": 1,           # minibatches per step over the same rollouts
+    "lr": 1.0e-3,
+    "lr_schedule": "constant",   # constant | cosine
+    "warmup_steps": 0,
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "temperature": 1.0,          # must be 1.0: rollouts are samples from the student
+    "top_k": None,               # must be None
+    "top_p": None,               # must be None
+    "gamma": 0.0,                # discount of future -f(u) in the advantage (paper: 0)
+    "log_u_clip": 20.0,          # |log_u| bound before exponentiation
+    "loss_agg": "token_mean",
+    "clip_ratio": None,          # PPO-style ratio clipping (paper: none)
+    "normalize_advantages": False,  # z-score advantages per batch (paper: no)
+    "max_new_tokens": 48,
+    "eval_every": 10,            # greedy validation accuracy every N steps (and at 0 and the end)
+    "eval_size": 64,             # fixed validation subset
+    "bias_every": 10,            # bias meter every M steps (0 = never)
+    "bias_rollouts": 16,         # rollouts of the batch the bias meter uses
+    "bias_max_vocab": 4096,      # skip the bias meter above this vocabulary size
+    "checkpoint_every": 20,      # resumable checkpoint every K steps (0 = only the final one)
+    "threads": 1,                # torch threads
+}
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class RunSpec:
+    task: str
+    divergence: str
+    design: str
+    seed: int
+    student: str          # SFT-init checkpoint (save_pretrained folder)
+    teacher: str          # teacher checkpoint
+    data_dir: str         # holds train.jsonl and validation.jsonl
+    out_dir: str
+    hparams: dict = field(default_factory=dict)
+
+    def cfg(self) -> dict:
+        unknown = set(self.hparams) - set(DEFAULTS)
+        if unknown:
+            raise ValueError(f"opd: unknown key(s) {sorted(unknown)}; allowed: {sorted(DEFAULTS)}")
+        return {**DEFAULTS, **self.hparams}
+
+
+def validate(spec: RunSpec) -> dict:
+    """Every check that can fail before the first step."""
+    cfg = spec.cfg()
+    get_task(spec.task), get_divergence(spec.divergence), get_design(spec.design)
+    if cfg["temperature"] != 1.0:
+        raise ValueError(f"opd.temperature = {cfg['temperature']!r}: training rollouts must be sampled at 1.0")
+    for key in ("top_k", "top_p"):
+        if cfg[key] is not None:
+            raise ValueError(f"opd.{key} = {cfg[key]!r}: training rollouts allow no truncation; set it to null")
+    if cfg["loss_agg"] not in AGGREGATIONS:
+        raise ValueError(f"opd.loss_agg = {cfg['loss_agg']!r}; allowed: {', '.join(AGGREGATIONS)}")
+    if cfg["lr_schedule"] not in SCHEDULES:
+        raise ValueError(f"opd.lr_schedule = {cfg['lr_schedule']!r}; allowed: {', '.join(SCHEDULES)}")
+    if not 0.0 <= cfg["gamma"] <= 1.0:
+        raise ValueError(f"opd.gamma = {cfg['gamma']!r}; allowed: [0, 1]")
+    batch = cfg["prompts_per_step"] * cfg["group_size"]
+    if cfg["num_substeps"] < 1 or batch % cfg["num_substeps"]:
+        raise ValueError(f"opd.num_substeps = {cfg['num_substeps']!r} must divide the batch of {batch} rollouts")
+    for key in ("student", "teacher"):
+        if not (Path(getattr(spec, key)) / "config.json").exists():
+            raise FileNotFoundError(f"{key} checkpoint {getattr(spec, key)!r} not found (no config.json)")
+    if not (Path(spec.data_dir) / "train.jsonl").exists():
+        raise FileNotFoundError(f"training prompts {Path(spec.data_dir) / 'train.jsonl'} not found")
+    return cfg
+
+
+def check_compatible(student_tok, teacher_tok, student, teacher) -> None:
+    if student_tok.get_vocab() != teacher_tok.get_vocab():
+        raise ValueError("student and teacher tokenizers differ; on-policy distillation scores the student's "
+                         "tokens with the teacher, so both must share one vocabulary")
+    if student.config.vocab_size != teacher.config.vocab_size:
+        raise ValueError(f"student vocab_size {student.config.vocab_size} != teacher vocab_size "
+                         f"{teacher.config.vocab_size}")
+
+
+# ---------------------------------------------------------------- one step
+def train_step(state: "RunState", cfg: dict) -> dict:
+    t0 = time.perf_counter()
+    tok, P, G = state.tok, cfg["prompts_per_step"], cfg["group_size"]
+    idx = torch.randint(len(state.train), (P,), generator=state.gen).tolist()
+    batch = [state.train[i] for i in idx for _ in range(G)]
+    s_ctx = [tok(e["prompt"])["input_ids"] for e in batch]
+    t_ctx = [tok(e.get("teacher_prompt", e["prompt"]))["input_ids"] for e in batch]  # privileged context hook
+    roll = sample(state.student, s_ctx, cfg["max_new_tokens"], tok.eos_token_id, tok.pad_token_id,
+                  generator=state.gen)
+    t1 = time.perf_counter()
+    resp, mask = roll.response, roll.mask
+    lq = teacher_logprobs(state.teacher, t_ctx, resp, mask, tok.pad_token_id)  # [B, T]
+    t2 = time.perf_counter()
+    with torch.no_grad():
+        lp_old = sequence_logprobs(state.student, s_ctx, resp, mask, tok.pad_token_id)  # theta_0, [B, T]
+    log_u, clip_frac = clip_log_u(lq - lp_old, cfg["log_u_clip"], mask)
+    adv, adv_stats = compute_advantages(state.design, state.div, log_u, mask, cfg["gamma"])
+    if cfg["normalize_advantages"]:
+        m = mask.bool()
+        adv = torch.where(m, (adv - adv[m].mean()) / (adv[m].std() + 1e-8), adv)
+    state.student.train()
+    losses, grad_norms = [], []
+    for mb in torch.arange(len(batch)).chunk(cfg["num_substeps"]):
+        lp_new = sequence_logprobs(state.student, [s_ctx[i] for i in mb], resp[mb], mask[mb], tok.pad_token_id)
+        loss, loss_stats = policy_loss(lp_new, lp_old[mb], adv[mb], mask[mb], cfg["loss_agg"], cfg["clip_ratio"])
+        state.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norms.append(torch.nn.utils.clip_grad_norm_(state.student.parameters(), cfg["max_grad_norm"]).item())
+        state.opt.step()
+        losses.append(loss.item())
+    state.sched.step()
+    state.student.eval()
+    t3 = time.perf_counter()
+    n_tok = int(mask.sum())
+    texts = decode_responses(tok, roll)
+    m = mask.bool()
+    metrics = {
+        "loss": sum(losses) / len(losses), "grad_norm": sum(grad_norms) / len(grad_norms),
+        "log_u/mean": log_u[m].mean().item(), "kl/reverse_est": -log_u[m].mean().item(),
+        "f_u/mean": state.div.f(log_u)[m].mean().item(), "log_u/clip_frac": clip_frac, **adv_stats,
+        "loss/ratio_clip_frac": loss_stats["loss/ratio_clip_frac"],
+        "response/len_mean": mask.sum(-1).float().mean().item(),
+        "response/trunc_frac": roll.truncated.float().mean().item(),
+        "rollout/acc": sum(state.score(t, e["answer"]) for t, e in zip(texts, batch)) / len(batch),
+        "lr": state.sched.get_last_lr()[0], "tokens_per_s": n_tok / (t3 - t0),
+        "time/rollout_s": t1 - t0, "time/teacher_s": t2 - t1, "time/update_s": t3 - t2,
+    }
+    state.last_batch = (s_ctx, t_ctx, resp, mask)
+    return metrics
+
+
+# ---------------------------------------------------------------- state, checkpoints, resume
+@dataclass
+class RunState:
+    student: torch.nn.Module
+    teacher: torch.nn.Module
+    tok: object
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    gen: torch.Generator
+    train: list
+    val: list
+    score: Callable
+    div: object
+    design: object
+    step: int = 0
+    last_batch: tuple | None = None
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / "checkpoints").glob("step_*")) if (out / "checkpoints").exists() else []
+    ckpts = [c for c in ckpts if (c / "trainer_state.pt").exists()]  # renamed into place = complete
+    return ckpts[-1] if ckpts else None
+
+
+def save_training_checkpoint(state: RunState, out: Path) -> None:
+    with atomic_dir(out / "checkpoints" / f"step_{state.step:06d}") as tmp:
+        state.student.save_pretrained(str(tmp))
+        torch.save({"step": state.step, "optimizer": state.opt.state_dict(), "scheduler": state.sched.state_dict(),
+                    "generator": state.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    "python_rng": random.getstate()}, tmp / "trainer_state.pt")
+    for old in sorted((out / "checkpoints").glob("step_*"))[:-1]:  # keep the newest only
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_state(spec: RunSpec, cfg: dict, out: Path, log) -> RunState:
+    tok = load_tokenizer(spec.student)
+    resume = _latest_checkpoint(out)
+    student = load_model(resume or spec.student)
+    teacher = load_model(spec.teacher)
+    check_compatible(tok, load_tokenizer(spec.teacher), student, teacher)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(spec.seed)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    total = cfg["steps"]
+    sched_fn = lr_lambda(cfg["warmup_steps"], total) if cfg["lr_schedule"] == "cosine" else \
+        (lambda s: min(1.0, (s + 1) / cfg["warmup_steps"]) if cfg["warmup_steps"] else 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, sched_fn)
+    gen = torch.Generator().manual_seed(spec.seed)
+    train = read_jsonl(Path(spec.data_dir) / "train.jsonl")
+    val = read_jsonl(Path(spec.data_dir) / "validation.jsonl")[:cfg["eval_size"]]
+    state = RunState(student, teacher, tok, opt, sched, gen, train, val, get_task(spec.task).score,
+                     get_divergence(spec.divergence), get_design(spec.design))
+    if resume is not None:
+        ts = torch.load(resume / "trainer_state.pt", weights_only=False)
+        opt.load_state_dict(ts["optimizer"]), sched.load_state_dict(ts["scheduler"])
+        gen.set_state(ts["generator"]), torch.set_rng_state(ts["torch_rng"]), random.setstate(ts["python_rng"])
+        state.step = ts["step"]
+        log(f"resuming from {resume} (step {state.step})")
+    return state
+
+
+def _restore_metrics(path: Path, upto: int) -> None:
+    """Keep the metrics of steps <= upto (those the checkpoint already contains)."""
+    if not path.exists():
+        return
+    rows = [r for r in read_jsonl(path) if r["step"] <= upto]
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+# ---------------------------------------------------------------- the run
+def run(spec: RunSpec, callbacks: tuple[Callable[[int, dict], None], ...] = (), log=print,
+        progress: bool = True) -> dict:
+    """Train one variant; returns the summary written to <out_dir>/summary.json."""
+    cfg = validate(spec)
+    torch.set_num_threads(cfg["threads"])
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    state = build_state(spec, cfg, out, log)
+    vocab = state.student.config.vocab_size
+    metrics_path = out / "metrics.jsonl"
+    _restore_metrics(metrics_path, state.step)
+    if state.step == 0:
+        metrics_path.unlink(missing_ok=True)
+        val_acc = _validate(state, cfg)
+        _emit(metrics_path, 0, {"val/greedy_acc": val_acc}, callbacks)
+    bar = tqdm(total=cfg["steps"], initial=state.step, disable=not progress, desc=f"{spec.divergence}/{spec.design}")
+    totals = {"time/rollout_s": 0.0, "time/teacher_s": 0.0, "time/update_s": 0.0}
+    while state.step < cfg["steps"]:
+        metrics = train_step(state, cfg)
+        state.step += 1
+        for k in totals:
+            totals[k] += metrics[k]
+        if state.step % cfg["eval_every"] == 0 or state.step == cfg["steps"]:
+            metrics["val/greedy_acc"] = _validate(state, cfg)
+        if cfg["bias_every"] and state.step % cfg["bias_every"] == 0:
+            metrics.update(_bias(state, spec, cfg, vocab))
+        _emit(metrics_path, state.step, metrics, callbacks)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", val=metrics.get("val/greedy_acc", ""))
+        bar.update(1)
+        if cfg["checkpoint_every"] and state.step % cfg["checkpoint_every"] == 0 and state.step < cfg["steps"]:
+            save_training_checkpoint(state, out)
+    bar.close()
+    save_checkpoint(state.student, state.tok, out / "final")
+    rows = read_jsonl(metrics_path)
+    summary = {"task": spec.task, "divergence": spec.divergence, "design": spec.design, "seed": spec.seed,
+               "config": cfg, "spec": asdict(spec), "final": rows[-1], "steps": state.step,
+               "val_greedy_acc": [(r["step"], r["val/greedy_acc"]) for r in rows if "val/greedy_acc" in r],
+               "wall_s": time.perf_counter() - t_start, "time_this_process": totals,
+               **provenance({k: v for k, v in asdict(spec).items() if k != "out_dir"} | {"config": cfg}, spec.seed)}
+    atomic_write_json(out / "summary.json", summary)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final checkpoint supersedes them
+    return summary
+
+
+def _validate(state: RunState, cfg: dict) -> float:
+    acc, _ = greedy_accuracy(state.student, state.tok, state.val, state.score, cfg["max_new_tokens"])
+    return acc
+
+
+def _bias(state: RunState, spec: RunSpec, cfg: dict, vocab: int) -> dict:
+    if vocab > cfg["bias_max_vocab"]:
+        return {"bias/skipped_vocab": float(vocab)}
+    s_ctx, t_ctx, resp, mask = state.last_batch
+    n = cfg["bias_rollouts"]
+    return bias_meter.measure(state.student, state.teacher, spec.divergence, spec.design, s_ctx[:n], t_ctx[:n],
+                              resp[:n], mask[:n], state.tok.pad_token_id, cfg["log_u_clip"], cfg["loss_agg"])
+
+
+def _emit(path: Path, step: int, metrics: dict, callbacks) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"step": step, **metrics}, sort_keys=True) + "\n")
+    for cb in callbacks:
+        cb(step, metrics)

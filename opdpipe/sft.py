@@ -7,54 +7,34 @@ import time
 import torch
 
 
-def encode_pairs(tokenizer, pairs: list[tuple[str, str]], max_len: int) -> list[tuple[list[int], int]]:
-    """-> [(prompt + response + EOS ids, prompt length)], truncated to max_len."""
+Segments = list[tuple[str, bool]]  # response pieces and whether the loss learns them
+
+
+def encode_pairs(tokenizer, pairs: list[tuple[str, str | Segments]], max_len: int) -> list[tuple[list[int], list[bool]]]:
+    """(prompt, response or [(text, learn)] segments) -> (ids of prompt + response + EOS, learn flags)."""
     out = []
     for prompt, response in pairs:
-        p = tokenizer(prompt)["input_ids"]
-        r = tokenizer(response)["input_ids"] + [tokenizer.eos_token_id]
-        out.append(((p + r)[:max_len], len(p)))
+        segments = [(response, True)] if isinstance(response, str) else response
+        ids = tokenizer(prompt)["input_ids"]
+        learn = [False] * len(ids)
+        for text, flag in segments:
+            seg = tokenizer(text)["input_ids"]
+            ids, learn = ids + seg, learn + [flag] * len(seg)
+        ids, learn = ids + [tokenizer.eos_token_id], learn + [True]
+        out.append((ids[:max_len], learn[:max_len]))
     return out
 
 
-def corrupt(seq: list[int], plen: int, gen: torch.Generator) -> tuple[list[int], int | None]:
-    """Replace one response token (not EOS) by another token of the same response.
-
-    Returns the new sequence and the corrupted position. Trained with the loss masked at that
-    position, a model learns to continue sensibly after a mistake without learning to make one:
-    a teacher that still knows the way from any prefix, as a large pretrained teacher does.
-    """
-    span = list(range(plen, len(seq) - 1))
-    if len(span) < 2:
-        return seq, None
-    pos = span[int(torch.randint(len(span), (1,), generator=gen))]
-    choices = [t for t in set(seq[plen:-1]) if t != seq[pos]]
-    if not choices:
-        return seq, None
-    new = list(seq)
-    new[pos] = sorted(choices)[int(torch.randint(len(choices), (1,), generator=gen))]
-    return new, pos
-
-
-def collate(batch: list[tuple[list[int], int]], pad_id: int, noise: float = 0.0,
-            gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded input ids [B, T], attention mask [B, T], and labels [B, T] (-100 off the response).
-
-    With `noise` > 0, that fraction of the rows gets one corrupted response token (see `corrupt`).
-    """
+def collate(batch: list[tuple[list[int], list[bool]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded input ids [B, T], attention mask [B, T], and labels [B, T] (-100 where not learned)."""
     width = max(len(ids) for ids, _ in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     attn = torch.zeros_like(ids)
     labels = torch.full_like(ids, -100)
-    for i, (seq, plen) in enumerate(batch):
-        clean, pos = seq, None
-        if noise > 0 and float(torch.rand((), generator=gen)) < noise:
-            seq, pos = corrupt(seq, plen, gen)
+    for i, (seq, learn) in enumerate(batch):
         ids[i, :len(seq)] = torch.tensor(seq)
         attn[i, :len(seq)] = 1
-        labels[i, plen:len(seq)] = torch.tensor(clean[plen:])
-        if pos is not None:
-            labels[i, pos] = -100  # never learn to produce the corruption itself
+        labels[i, :len(seq)] = torch.where(torch.tensor(learn), torch.tensor(seq), torch.tensor(-100))
     return ids, attn, labels
 
 
@@ -68,9 +48,9 @@ def lr_lambda(warmup: int, total: int, min_ratio: float = 0.1):
     return f
 
 
-def train_sft(model, tokenizer, pairs: list[tuple[str, str]], steps: int, batch_size: int, lr: float,
+def train_sft(model, tokenizer, pairs: list[tuple[str, str | Segments]], steps: int, batch_size: int, lr: float,
               seed: int, max_len: int = 256, weight_decay: float = 0.0, log_every: int = 50,
-              noise: float = 0.0, log=print) -> dict:
+              log=print) -> dict:
     """Train in place; returns {'loss_first', 'loss_last', 'tokens_per_s', 'wall_s'}."""
     data = encode_pairs(tokenizer, pairs, max_len)
     gen = torch.Generator().manual_seed(seed)
@@ -80,7 +60,7 @@ def train_sft(model, tokenizer, pairs: list[tuple[str, str]], steps: int, batch_
     t0, tokens, losses = time.perf_counter(), 0, []
     for step in range(steps):
         idx = torch.randint(len(data), (batch_size,), generator=gen).tolist()
-        ids, attn, labels = collate([data[i] for i in idx], tokenizer.pad_token_id, noise, gen)
+        ids, attn, labels = collate([data[i] for i in idx], tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

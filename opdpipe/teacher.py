@@ -8,6 +8,7 @@ the student's SFT-init).
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
@@ -24,6 +25,19 @@ from opdpipe.tokenizer import check_encodable, load_tokenizer
 
 def load_splits(data_dir: str | Path) -> dict[str, list[dict]]:
     return {s: read_jsonl(Path(data_dir) / f"{s}.jsonl") for s in ("train", "validation", "test")}
+
+
+def training_pairs(task, examples: list[dict], error_frac: float, seed: int) -> list:
+    """Reference solutions, plus (for `error_frac` of them) a copy with one mistake that is not learned
+    and a continuation consistent with it, so the teacher judges each token given the student's prefix
+    instead of pulling every later token back to its own solution."""
+    rng = random.Random(seed)
+    pairs = [(e["prompt"], e["target"]) for e in examples]
+    if error_frac > 0 and task.with_error is not None:
+        for e in examples:
+            if rng.random() < error_frac and (segments := task.with_error(e, rng)):
+                pairs.append((e["prompt"], segments))
+    return pairs
 
 
 def run(task: str, cfg: dict, data_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
@@ -44,8 +58,8 @@ def run(task: str, cfg: dict, data_dir: str | Path, tokenizer_dir: str | Path, o
     else:
         model = build_model(tcfg["model"], tok, seed)
         tr = tcfg["train"]
-        train_stats = train_sft(model, tok, [(e["prompt"], e["target"]) for e in splits["train"]], tr["steps"],
-                                tr["batch_size"], tr["lr"], seed, noise=tr.get("noise", 0.0), log=log)
+        pairs = training_pairs(T, splits["train"], tr.get("error_frac", 0.0), seed)
+        train_stats = train_sft(model, tok, pairs, tr["steps"], tr["batch_size"], tr["lr"], seed, log=log)
     t_train = time.perf_counter() - t0
     save_checkpoint(model, tok, out_dir / "checkpoint")
     val_acc, _ = greedy_accuracy(model, tok, splits["validation"], T.score, cfg["max_new_tokens"])

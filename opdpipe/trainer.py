@@ -62,6 +62,9 @@ DEFAULTS = {
     "threads": 1,                # torch threads
 }
 SCHEDULES = ("constant", "cosine")
+# In-progress state (checkpoints, streamed metrics) lives in <out>/work/, which no workflow declares
+# as an output: a killed job's declared outputs may be deleted, its work/ folder survives to resume.
+WORK = "work"
 
 
 @dataclass
@@ -189,18 +192,18 @@ class RunState:
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / "checkpoints").glob("step_*")) if (out / "checkpoints").exists() else []
+    ckpts = sorted((out / WORK / "checkpoints").glob("step_*")) if (out / WORK).exists() else []
     ckpts = [c for c in ckpts if (c / "trainer_state.pt").exists()]  # renamed into place = complete
     return ckpts[-1] if ckpts else None
 
 
 def save_training_checkpoint(state: RunState, out: Path) -> None:
-    with atomic_dir(out / "checkpoints" / f"step_{state.step:06d}") as tmp:
+    with atomic_dir(out / WORK / "checkpoints" / f"step_{state.step:06d}") as tmp:
         state.student.save_pretrained(str(tmp))
         torch.save({"step": state.step, "optimizer": state.opt.state_dict(), "scheduler": state.sched.state_dict(),
                     "generator": state.gen.get_state(), "torch_rng": torch.get_rng_state(),
                     "python_rng": random.getstate()}, tmp / "trainer_state.pt")
-    for old in sorted((out / "checkpoints").glob("step_*"))[:-1]:  # keep the newest only
+    for old in sorted((out / WORK / "checkpoints").glob("step_*"))[:-1]:  # keep the newest only
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -247,11 +250,11 @@ def run(spec: RunSpec, callbacks: tuple[Callable[[int, dict], None], ...] = (), 
     cfg = validate(spec)
     torch.set_num_threads(cfg["threads"])
     out = Path(spec.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / WORK).mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     state = build_state(spec, cfg, out, log)
     vocab = state.student.config.vocab_size
-    metrics_path = out / "metrics.jsonl"
+    metrics_path = out / WORK / "metrics.jsonl"
     _restore_metrics(metrics_path, state.step)
     if state.step == 0:
         metrics_path.unlink(missing_ok=True)
@@ -276,13 +279,14 @@ def run(spec: RunSpec, callbacks: tuple[Callable[[int, dict], None], ...] = (), 
     bar.close()
     save_checkpoint(state.student, state.tok, out / "final")
     rows = read_jsonl(metrics_path)
+    atomic_write_text(out / "metrics.jsonl", metrics_path.read_text())
     summary = {"task": spec.task, "divergence": spec.divergence, "design": spec.design, "seed": spec.seed,
                "config": cfg, "spec": asdict(spec), "final": rows[-1], "steps": state.step,
                "val_greedy_acc": [(r["step"], r["val/greedy_acc"]) for r in rows if "val/greedy_acc" in r],
                "wall_s": time.perf_counter() - t_start, "time_this_process": totals,
                **provenance({k: v for k, v in asdict(spec).items() if k != "out_dir"} | {"config": cfg}, spec.seed)}
     atomic_write_json(out / "summary.json", summary)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final checkpoint supersedes them
+    shutil.rmtree(out / WORK, ignore_errors=True)  # the final checkpoint supersedes it
     return summary
 
 

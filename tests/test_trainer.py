@@ -68,7 +68,7 @@ def test_run_records_metrics_summary_and_bias(tiny_world, tmp_path):
     assert rows[2]["bias/cos_expected"] > 0.999999 and rows[2]["bias/relerr_expected"] < 1e-4
     for key in ("config_hash", "seed", "code_version", "packages", "config", "wall_s"):
         assert key in s
-    assert (tmp_path / "final" / "config.json").exists() and not (tmp_path / "checkpoints").exists()
+    assert (tmp_path / "final" / "config.json").exists() and not (tmp_path / "work").exists()
 
 
 def test_bias_meter_sees_stop_gradient_bias(tiny_world, tmp_path):
@@ -89,9 +89,10 @@ def test_resume_after_a_kill_gives_the_same_result(tiny_world, tmp_path):
 
     with pytest.raises(Killed):
         run(_spec(tiny_world, tmp_path / "resumed"), callbacks=(kill_at_3,), progress=False)
-    ckpts = list((tmp_path / "resumed" / "checkpoints").glob("step_*"))
+    ckpts = list((tmp_path / "resumed" / "work" / "checkpoints").glob("step_*"))
     assert [c.name for c in ckpts] == ["step_000002"] and not (tmp_path / "resumed" / "summary.json").exists()
-    assert not list((tmp_path / "resumed" / "checkpoints").glob(".*"))  # no half-written folder
+    assert not list((tmp_path / "resumed" / "work" / "checkpoints").glob(".*"))  # no half-written folder
+    (tmp_path / "resumed" / "metrics.jsonl").unlink(missing_ok=True)  # as a workflow cleans declared outputs
     resumed = run(_spec(tiny_world, tmp_path / "resumed"), progress=False)
     assert resumed["final"] == full["final"] | {"tokens_per_s": resumed["final"]["tokens_per_s"],
                                                "time/rollout_s": resumed["final"]["time/rollout_s"],

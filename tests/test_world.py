@@ -8,7 +8,7 @@ from opdpipe import data
 from opdpipe.generation import decode_responses, left_pad, sample
 from opdpipe.models import build_model, load_model
 from opdpipe.scoring import sequence_logprobs, teacher_logprobs
-from opdpipe.sft import collate, corrupt
+from opdpipe.sft import collate, encode_pairs
 from opdpipe.tokenizer import build_char_tokenizer, check_encodable, load_tokenizer
 
 from conftest import TASK_SPEC, TINY
@@ -99,17 +99,28 @@ def test_teacher_scores_are_aligned_with_unpadded_single_sequences(tiny_world):
 def test_left_pad_and_collate_layout():
     ids, mask = left_pad([[1, 2, 3], [4]], pad_id=0)
     assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
-    x, attn, labels = collate([([5, 6, 7, 8], 2)], pad_id=0)
+    x, attn, labels = collate([([5, 6, 7, 8], [False, False, True, True])], pad_id=0)
     assert labels.tolist() == [[-100, -100, 7, 8]] and attn.tolist() == [[1, 1, 1, 1]]
 
 
-def test_noise_corrupts_one_response_token_and_masks_its_loss():
-    g = torch.Generator().manual_seed(0)
-    seq, plen = [9, 9, 1, 2, 3, 4, 0], 2
-    new, pos = corrupt(seq, plen, g)
-    assert pos is not None and plen <= pos < len(seq) - 1 and new[pos] != seq[pos] and new[pos] in seq[plen:-1]
-    assert sum(a != b for a, b in zip(new, seq)) == 1
-    x, _, labels = collate([(seq, plen)], pad_id=0, noise=1.0, gen=torch.Generator().manual_seed(0))
-    changed = (x[0] != torch.tensor(seq)).nonzero().flatten().tolist()
-    assert len(changed) == 1 and labels[0, changed[0]] == -100
-    assert labels[0, changed[0] + 1] == seq[changed[0] + 1]  # the clean continuation is still learned
+@pytest.mark.parametrize("task", ["math", "tooluse"])
+def test_error_segments_mask_only_the_mistake(task):
+    import random
+
+    from opdpipe.tasks import get_task
+    from opdpipe.teacher import training_pairs
+
+    t = get_task(task)
+    examples = t.generate(30, 0)
+    rng = random.Random(0)
+    for e in examples:
+        segs = t.with_error(e, rng)
+        assert segs is not None and [flag for _, flag in segs] == [True, False, True]
+        text = "".join(s for s, _ in segs)
+        assert text != e["target"] and t.score(text, e["answer"]) == 0.0
+    tok = build_char_tokenizer()
+    enc = encode_pairs(tok, [("Q\n", segs)], 256)[0]
+    n_masked = sum(not f for f in enc[1]) - len("Q\n")
+    assert n_masked == len(segs[1][0])  # exactly the wrong characters carry no loss
+    pairs = training_pairs(t, examples, 0.5, seed=0)
+    assert 30 < len(pairs) < 60 and pairs[:30] == [(e["prompt"], e["target"]) for e in examples]

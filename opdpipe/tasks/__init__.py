@@ -18,6 +18,9 @@ class Task:
     score: Callable[[str, str], float]  # (response, answer) -> 1.0 correct / 0.0 wrong
     stop: tuple[str, ...]  # strings that end a response
     capacity: Callable[..., int]  # (**knobs) -> number of distinct prompts the generator can make
+    # (example, rng) -> [(text, learn)] segments of a response with one mistake (learn=False) and a
+    # continuation consistent with it: trains a teacher that grades each token given the prefix.
+    with_error: Callable | None = None
 
 
 TASKS: Registry[Task] = Registry("task")

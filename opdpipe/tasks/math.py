@@ -60,6 +60,33 @@ def generate(n: int, seed: int, min_steps: int = 2, max_steps: int = 3, max_oper
     return out
 
 
+STEP_RE = re.compile(r"(\d+)([+-])(\d+)=(\d+)\.")
+
+
+def with_error(example: dict, rng: random.Random) -> list[tuple[str, bool]] | None:
+    """One wrong intermediate result, then every later step carried on from it consistently."""
+    steps = STEP_RE.findall(example["target"])
+    if not steps:
+        return None
+    i = rng.randrange(len(steps))
+    for _ in range(10):
+        wrong = int(steps[i][3]) + rng.choice((-2, -1, 1, 2))
+        value, tail = wrong, []
+        for _a, op, b, _r in steps[i + 1:]:
+            new = value + int(b) if op == "+" else value - int(b)
+            tail.append(f"{value}{op}{b}={new}.")
+            value = new
+        if wrong >= 0 and value >= 0 and all("=-" not in t for t in tail):
+            break
+    else:
+        return None
+    head = " ".join(f"{a}{op}{b}={r}." for a, op, b, r in steps[:i])
+    a, op, b, _ = steps[i]
+    before = (head + " " if head else "") + f"{a}{op}{b}="
+    after = "." + "".join(" " + t for t in tail) + f" #### {value}"
+    return [(before, True), (str(wrong), False), (after, True)]
+
+
 def extract_answer(text: str) -> str | None:
     """The final answer: after '####' (GSM8K style) or inside the last \\boxed{} (competition style)."""
     m = ANSWER_RE.search(text)
@@ -93,4 +120,4 @@ def score(response: str, answer: str) -> float:
     return float(pred is not None and answers_equal(pred, answer))
 
 
-TASKS.register("math", Task("math", generate, score, ("\n",), capacity))
+TASKS.register("math", Task("math", generate, score, ("\n",), capacity, with_error))

@@ -74,6 +74,21 @@ def generate(n: int, seed: int, tools_per_prompt: int = 3, exclude: set[str] | N
     return out
 
 
+def with_error(example: dict, rng: random.Random) -> list[tuple[str, bool]] | None:
+    """One argument value replaced by another valid-looking one; the call is then closed as usual."""
+    parsed = parse_call(example["target"])
+    if parsed is None or not parsed[1]:
+        return None
+    name, args = parsed
+    key = rng.choice(sorted(args))
+    pool = sorted({v for vals in (CITIES, PEOPLE, SONGS, DAYS, COUNTS, ("c", "f", "am", "pm", "noon")) for v in vals}
+                  - {args[key]})
+    text = example["target"]
+    marker = f'"{key}":"{args[key]}"'
+    start = text.index(marker) + len(f'"{key}":"')
+    return [(text[:start], True), (rng.choice(pool), False), (text[start + len(args[key]):], True)]
+
+
 def parse_call(text: str) -> tuple[str, dict] | None:
     """'name {json}' -> (name, args), or None when the text is not one well-formed call."""
     m = CALL_RE.match(text.strip().split("\n")[0])
@@ -98,4 +113,4 @@ def score(response: str, answer: str) -> float:
     return float(calls_match(response, answer))
 
 
-TASKS.register("tooluse", Task("tooluse", generate, score, ("\n",), capacity))
+TASKS.register("tooluse", Task("tooluse", generate, score, ("\n",), capacity, with_error))

@@ -1,0 +1,172 @@
+"""MLflow mirrors what the workflow produced; it never decides what runs.
+
+One experiment per study (``opdpipe-<study>``) with a parent run for the study and one child run per
+(task, variant, seed), plus the teacher and SFT-init rows. Runs are found again by a stable key tag,
+so re-running a job reuses (on resume) or replaces (on a fresh start) its run: never a duplicate.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+KEY = "opdpipe.key"
+
+
+def default_uri(results_dir: str | Path) -> str:
+    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def experiment_name(study: str) -> str:
+    return f"opdpipe-{study}"
+
+
+def _client(uri: str):
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def run_key(study: str, task: str, variant: str, seed: int | None) -> str:
+    return f"{study}/{task}/{variant}" + ("" if seed is None else f"/seed{seed}")
+
+
+def init_store(uri: str, study: str, artifact_dir: str | Path) -> dict:
+    """Create the store, the study's experiment and its parent run, once, before parallel jobs."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment_name(study))
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        experiment_name(study), artifact_location=Path(artifact_dir).resolve().as_uri())
+    parent = _find(client, exp_id, run_key(study, "_study", "_all", None))
+    if parent is None:
+        parent = client.create_run(exp_id, run_name=study, tags={KEY: run_key(study, "_study", "_all", None),
+                                                                 "opdpipe.kind": "study"}).info.run_id
+    return {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent}
+
+
+def _find(client, exp_id: str, key: str) -> str | None:
+    runs = client.search_runs([exp_id], filter_string=f"tags.`{KEY}` = '{key}'", max_results=5)
+    return runs[0].info.run_id if runs else None
+
+
+def get_run(client, exp_id: str, parent_id: str, key: str, name: str, tags: dict, fresh: bool) -> str:
+    """The run for `key`: replaced when `fresh`, else reused (created if missing)."""
+    existing = _find(client, exp_id, key)
+    if existing and fresh:
+        client.delete_run(existing)
+        existing = None
+    if existing:
+        return existing
+    all_tags = {KEY: key, "mlflow.parentRunId": parent_id, **{k: str(v) for k, v in tags.items()}}
+    return client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
+
+
+class LiveRun:
+    """Training callback: mirrors step metrics to MLflow as they are produced (best effort)."""
+
+    def __init__(self, uri: str, study: str, task: str, variant: str, seed: int, log=print):
+        self.uri, self.study, self.task, self.variant, self.seed, self.log = uri, study, task, variant, seed, log
+        self.client, self.run_id = None, None
+
+    def _open(self, fresh: bool) -> None:
+        self.client = _client(self.uri)
+        exp = self.client.get_experiment_by_name(experiment_name(self.study))
+        parent = _find(self.client, exp.experiment_id, run_key(self.study, "_study", "_all", None))
+        self.run_id = get_run(self.client, exp.experiment_id, parent,
+                              run_key(self.study, self.task, self.variant, self.seed),
+                              f"{self.task}/{self.variant}/seed{self.seed}",
+                              {"task": self.task, "variant": self.variant, "seed": self.seed}, fresh)
+
+    def log_step(self, step: int, metrics: dict) -> None:
+        from mlflow.entities import Metric
+
+        try:
+            if self.run_id is None:
+                self._open(fresh=(step == 0))  # a resumed run continues its MLflow run
+            ts = int(time.time() * 1000)
+            batch = [Metric(_safe(k), float(v), ts, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+            self.client.log_batch(self.run_id, metrics=batch)
+        except Exception as err:  # tracking must never kill a training run
+            self.log(f"warning: live MLflow logging failed at step {step}: {err!r}")
+
+    def close(self) -> None:
+        pass
+
+
+def _safe(name: str) -> str:
+    return name.replace("@", "_at_")
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+    return out
+
+
+def _log_curves(client, run_id: str, metrics_path: Path) -> int:
+    """Log the step metrics that live logging missed (e.g. a store that was busy); returns the count."""
+    from mlflow.entities import Metric
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    have = {m.step for m in client.get_metric_history(run_id, "val/greedy_acc")} | \
+           {m.step for m in client.get_metric_history(run_id, "loss")}
+    missing = [r for r in rows if r["step"] not in have]
+    for i in range(0, len(missing), 50):
+        batch = [Metric(_safe(k), float(v), 0, r["step"]) for r in missing[i:i + 50] for k, v in r.items()
+                 if k != "step" and isinstance(v, (int, float))]
+        client.log_batch(run_id, metrics=batch)
+    return len(missing)
+
+
+def track_entry(client, store: dict, study: str, entry: dict) -> str:
+    """Mirror one produced run (or reference row) into MLflow: params, tags, metrics, artifacts."""
+    from mlflow.entities import Param
+
+    key = run_key(study, entry["task"], entry["variant"], entry.get("seed"))
+    params = {k: v[:6000] for k, v in flatten(entry["params"]).items()}
+    run_id = get_run(client, store["experiment_id"], store["parent_run_id"], key, entry["name"], entry["tags"],
+                     fresh=False)
+    existing = client.get_run(run_id).data.params
+    if any(existing.get(k, v) != v for k, v in params.items()):  # the config changed: replace the run
+        run_id = get_run(client, store["experiment_id"], store["parent_run_id"], key, entry["name"],
+                         entry["tags"], fresh=True)
+        existing = {}
+    todo = [Param(k, v) for k, v in params.items() if k not in existing]
+    for i in range(0, len(todo), 100):
+        client.log_batch(run_id, params=todo[i:i + 100])
+    for k, v in entry["tags"].items():
+        client.set_tag(run_id, k, str(v))
+    if entry.get("metrics_jsonl"):
+        _log_curves(client, run_id, Path(entry["metrics_jsonl"]))
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"eval/{_safe(k)}", float(v), ts, 0)
+                                      for k, v in entry["eval_metrics"].items()])
+    for path in entry.get("artifacts", []):
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def read_back(uri: str, study: str) -> list[dict]:
+    """Every active run of the study's experiment, as plain rows (the report's proof of round-trip)."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment_name(study))
+    rows = []
+    for r in client.search_runs([exp.experiment_id], max_results=5000, order_by=["attributes.run_name ASC"]):
+        if r.data.tags.get("opdpipe.kind") == "study":
+            continue
+        rows.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
+                     "task": r.data.tags.get("task"), "variant": r.data.tags.get("variant"),
+                     "seed": r.data.tags.get("seed"), "config_hash": r.data.tags.get("config_hash"),
+                     "avg_at_k": r.data.metrics.get("eval/avg_at_k"),
+                     "greedy_acc": r.data.metrics.get("eval/greedy_acc")})
+    return rows

@@ -1,0 +1,58 @@
+# Helpers shared by the rule files: paths follow from wildcards, values from the config.
+import os
+import json
+import sys
+
+from opdpipe.config import opd_hparams, variants
+
+STUDY = config["study"]
+RESULTS = f"results/{STUDY}"
+PY = sys.executable
+TASKS = list(config["tasks"])
+VARIANTS = list(variants(config))
+SEEDS = config["seeds"]
+REFERENCES = ["teacher", "sft_init"]
+
+
+wildcard_constraints:
+    task="|".join(TASKS),
+    variant="|".join(v.replace("+", r"\+").replace(".", r"\.") for v in VARIANTS),
+    seed=r"\d+",
+    ref="teacher|sft_init",
+
+
+def run_dir(w):
+    return f"{RESULTS}/{w.task}/{w.variant}/seed{w.seed}"
+
+
+def hparams(w):
+    """One variant's trainer hyperparameters: changing them re-runs exactly that variant."""
+    return opd_hparams(config, w.task, w.variant)
+
+
+VARIANT_TABLE = {vid: {"divergence": v["divergence"], "design": v["design"]} for vid, v in variants(config).items()}
+
+
+def variant_of(w):
+    return VARIANT_TABLE[w.variant]
+
+
+def world_params(w):
+    """What the teacher / SFT-init stages depend on."""
+    return {"teacher": config["teacher"], "student": config["student"],
+            "max_new_tokens": config["tasks"][w.task]["max_new_tokens"]}
+
+
+def reference_checkpoint(w):
+    return {"teacher": f"{RESULTS}/{w.task}/teacher/checkpoint",
+            "sft_init": f"{RESULTS}/{w.task}/sft_init/checkpoint"}[w.ref]
+
+
+def all_run_dirs():
+    return [f"{RESULTS}/{t}/{v}/seed{s}" for t in TASKS for v in VARIANTS for s in SEEDS]
+
+
+def all_evals():
+    runs = [f"{d}/eval.json" for d in all_run_dirs()]
+    refs = [f"{RESULTS}/{t}/{r}/eval.json" for t in TASKS for r in REFERENCES]
+    return refs + runs

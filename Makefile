@@ -7,8 +7,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.opdpipe-installed
 CONFIG ?= configs/default.yaml
 CORES ?= all
+SMK := $(VENV)/bin/snakemake --cores $(CORES) --configfile $(CONFIG) --rerun-incomplete
+STUDY = $(shell $(PY) -c "import yaml; print(yaml.safe_load(open('$(CONFIG)'))['study'])")
 
-.PHONY: setup test reproduce
+.PHONY: setup test reproduce variant mlflow-ui dry-run lint
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,4 +24,19 @@ test: setup
 	$(PY) -m pytest -q
 
 reproduce: setup
-	@echo "The workflow is not there yet: set-up is complete ($(VENV))."
+	$(SMK)
+
+# Re-run one variant (train + evaluate) and refresh tracking and the report, nothing else:
+#   make variant TASK=math VARIANT=forward_kl-opd_plus SEED=0
+variant: setup
+	$(SMK) --forcerun results/$(STUDY)/$(TASK)/$(VARIANT)/seed$(SEED)/summary.json
+
+dry-run: setup
+	$(SMK) -n
+
+lint: setup
+	$(VENV)/bin/snakemake --lint --configfile $(CONFIG)
+
+# The MLflow UI on http://127.0.0.1:5000 over the study's tracking store
+mlflow-ui: setup
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/results/$(STUDY)/mlflow.db

@@ -17,6 +17,7 @@ from opdpipe.divergences import DIVERGENCES
 from opdpipe.tasks import TASKS
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = "configs/default.yaml"
 
 
 class ConfigError(ValueError):
@@ -77,15 +78,27 @@ def validate(config: dict) -> dict:
             raise ConfigError(f"config error at variants.{i}: variant id {vid!r} is used twice or reserved; "
                               "give it a distinct 'name'")
         seen.add(vid)
-    return cfg
+    return _sorted(cfg)
+
+
+def _sorted(obj):
+    """Key-sorted copy: how a file orders its keys never changes a job's params (nor its re-runs)."""
+    if isinstance(obj, dict):
+        return {k: _sorted(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, list):
+        return [_sorted(x) for x in obj]
+    return obj
+
+
+def load_yaml(path: str | Path) -> dict:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
 
 
 def load(path: str | Path) -> dict:
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found") from None
-    return validate(raw)
+    return validate(load_yaml(path))
 
 
 def variant_id(v: dict) -> str:
@@ -97,7 +110,7 @@ def variants(cfg: dict) -> dict[str, dict]:
 
 
 def opd_hparams(cfg: dict, task: str, vid: str) -> dict:
-    """Trainer hyperparameters of one variant: study opd block, then the variant's overrides."""
+    """Trainer hyperparameters of one variant: study opd block, then the task's, then the variant's."""
     v = variants(cfg)[vid]
     hp = {"threads": cfg["threads"], "max_new_tokens": cfg["tasks"][task]["max_new_tokens"]}
-    return {**hp, **cfg.get("opd", {}), **v.get("opd", {})}
+    return {**hp, **cfg.get("opd", {}), **cfg["tasks"][task].get("opd", {}), **v.get("opd", {})}

@@ -50,7 +50,7 @@ def lr_lambda(warmup: int, total: int, min_ratio: float = 0.1):
 
 def train_sft(model, tokenizer, pairs: list[tuple[str, str | Segments]], steps: int, batch_size: int, lr: float,
               seed: int, max_len: int = 256, weight_decay: float = 0.0, log_every: int = 50,
-              log=print) -> dict:
+              label_smoothing: float = 0.0, log=print) -> dict:
     """Train in place; returns {'loss_first', 'loss_last', 'tokens_per_s', 'wall_s'}."""
     data = encode_pairs(tokenizer, pairs, max_len)
     gen = torch.Generator().manual_seed(seed)
@@ -61,7 +61,10 @@ def train_sft(model, tokenizer, pairs: list[tuple[str, str | Segments]], steps: 
     for step in range(steps):
         idx = torch.randint(len(data), (batch_size,), generator=gen).tolist()
         ids, attn, labels = collate([data[i] for i in idx], tokenizer.pad_token_id)
-        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # position t predicts token t+1
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                 labels[:, 1:].reshape(-1), ignore_index=-100,
+                                                 label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

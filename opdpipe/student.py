@@ -29,7 +29,7 @@ def run(task: str, cfg: dict, completions: str | Path, tokenizer_dir: str | Path
     t0 = time.perf_counter()
     s = cfg["sft"]
     stats = train_sft(model, tok, [(r["prompt"], r["completion"]) for r in rows], s["steps"], s["batch_size"],
-                      s["lr"], seed, log=log)
+                      s["lr"], seed, label_smoothing=s.get("label_smoothing", 0.0), log=log)
     save_checkpoint(model, tok, Path(out_dir) / "checkpoint")
     manifest = {"task": task, "num_params": num_params(model), "num_examples": len(rows), "train": stats,
                 "wall_s": {"train": time.perf_counter() - t0}, **provenance({"task": task, "student": cfg}, seed)}

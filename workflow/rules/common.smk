@@ -1,4 +1,4 @@
-# Helpers shared by the rule files: paths follow from wildcards, values from the config.
+# Helpers shared by the stage files. Paths follow from wildcards, values from the config.
 import os
 import json
 import sys
@@ -12,13 +12,6 @@ TASKS = list(config["tasks"])
 VARIANTS = list(variants(config))
 SEEDS = config["seeds"]
 REFERENCES = ["teacher", "sft_init"]
-
-
-wildcard_constraints:
-    task="|".join(TASKS),
-    variant="|".join(v.replace("+", r"\+").replace(".", r"\.") for v in VARIANTS),
-    seed=r"\d+",
-    ref="teacher|sft_init",
 
 
 def run_dir(w):

@@ -10,6 +10,8 @@ rule prepare_data:
     params:
         spec=lambda w: config["tasks"][w.task],
         seed=config["seed"],
+    conda:
+        "../envs/opdpipe.yaml"
     log:
         f"{RESULTS}/logs/prepare_data/{{task}}.log",
     script:
@@ -19,6 +21,8 @@ rule prepare_data:
 rule tokenizer:
     output:
         f"{RESULTS}/tokenizer/tokenizer.json",
+    conda:
+        "../envs/opdpipe.yaml"
     log:
         f"{RESULTS}/logs/tokenizer.log",
     script:

@@ -13,6 +13,8 @@ rule evaluate_run:
         seed=lambda w: int(w.seed),
         label=lambda w: f"{w.variant}/seed{w.seed}",
     threads: config["threads"]
+    conda:
+        "../envs/opdpipe.yaml"
     log:
         f"{RESULTS}/logs/evaluate/{{task}}/{{variant}}/seed{{seed}}.log",
     benchmark:
@@ -33,6 +35,8 @@ rule evaluate_reference:
         seed=config["seed"],
         label=lambda w: w.ref,
     threads: config["threads"]
+    conda:
+        "../envs/opdpipe.yaml"
     log:
         f"{RESULTS}/logs/evaluate/{{task}}/{{ref}}.log",
     benchmark:

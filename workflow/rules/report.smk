@@ -14,8 +14,10 @@ rule report:
         grad=report(f"{RESULTS}/report/figures/grad_norm.png", caption="../report/diagnostics.rst",
                     category="Figures"),
     params:
-        results=RESULTS,
+        results=lambda w, input: os.path.dirname(os.path.dirname(input.runs[0])),
         variants=VARIANT_TABLE,
+    conda:
+        "../envs/opdpipe.yaml"
     log:
         f"{RESULTS}/logs/report.log",
     script:

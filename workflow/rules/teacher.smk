@@ -13,6 +13,8 @@ rule teacher:
         cfg=world_params,
         seed=config["seed"],
     threads: config["threads"]
+    conda:
+        "../envs/opdpipe.yaml"
     log:
         f"{RESULTS}/logs/teacher/{{task}}.log",
     benchmark:
@@ -32,6 +34,8 @@ rule sft_init:
         student=config["student"],
         seed=config["seed"],
     threads: config["threads"]
+    conda:
+        "../envs/opdpipe.yaml"
     log:
         f"{RESULTS}/logs/sft_init/{{task}}.log",
     benchmark:

@@ -11,6 +11,8 @@ rule tracking_store:
         uri=TRACKING_URI,
         study=STUDY,
         artifacts=f"{RESULTS}/mlartifacts",
+    conda:
+        "../envs/opdpipe.yaml"
     log:
         f"{RESULTS}/logs/tracking_store.log",
     script:
@@ -25,9 +27,10 @@ rule track:
         f"{RESULTS}/tracking/runs.json",
     params:
         uri=TRACKING_URI,
-        results=RESULTS,
         variants=VARIANT_TABLE,
         hparams={f"{t}/{v}": opd_hparams(config, t, v) for t in TASKS for v in VARIANTS},
+    conda:
+        "../envs/opdpipe.yaml"
     log:
         f"{RESULTS}/logs/track.log",
     script:

@@ -17,6 +17,8 @@ rule train:
         run_dir=run_dir,
         tracking_uri=TRACKING_URI,
     threads: config["threads"]
+    conda:
+        "../envs/opdpipe.yaml"
     log:
         f"{RESULTS}/logs/train/{{task}}/{{variant}}/seed{{seed}}.log",
     benchmark:

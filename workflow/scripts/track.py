@@ -7,7 +7,7 @@ from opdpipe import tracking
 from opdpipe.provenance import atomic_write_json
 
 redirect(snakemake.log[0])
-cfg, res = snakemake.config, Path(snakemake.params.results)
+cfg = snakemake.config
 store = json.loads(Path(snakemake.input.store[0]).read_text())
 client = tracking._client(snakemake.params.uri)
 world = {k: cfg[k] for k in ("seed", "tasks", "teacher", "student", "eval")}

@@ -1,0 +1,82 @@
+"""The whole smoke DAG end to end (train, evaluate, track, report), then what a re-run schedules.
+
+Runs `snakemake` as a user would, in a scratch directory, with configs/smoke.yaml (minutes).
+"""
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_packaging import ROOT
+
+pytestmark = pytest.mark.workflow
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+
+
+def _smk(workdir: Path, *args: str, config: str = "configs/smoke.yaml") -> subprocess.CompletedProcess:
+    return subprocess.run(SNAKEMAKE + ["--directory", str(workdir), "--configfile", config, *args],
+                          cwd=workdir, capture_output=True, text=True, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    work = tmp_path_factory.mktemp("smoke")
+    shutil.copytree(ROOT / "configs", work / "configs")
+    r = _smk(work, "--cores", "2")
+    assert r.returncode == 0, r.stderr[-4000:]
+    return work
+
+
+def test_smoke_dag_produces_the_report(smoke):
+    rep = smoke / "results" / "smoke" / "report"
+    md = (rep / "report.md").read_text()
+    for row in ("teacher", "sft_init", "forward_kl-opd", "forward_kl-opd_plus", "reverse_kl-opd_plus"):
+        assert f"| {row} " in md, row
+    assert "Runs read back from MLflow" in md and "Advantage formulas" in md
+    html = (rep / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 5
+    for fig in ("curves", "grad_norm", "log_ratio", "length", "bias"):
+        assert (rep / "figures" / f"{fig}.png").stat().st_size > 1000
+
+
+def test_every_run_is_tracked_once_in_mlflow(smoke):
+    runs = json.loads((smoke / "results" / "smoke" / "tracking" / "runs.json").read_text())["runs"]
+    names = [r["run_name"] for r in runs]
+    assert len(names) == len(set(names)) == 2 * 2 + 2 * 3 * 2  # references + task x variant x seed
+    assert all(r["status"] == "FINISHED" and r["avg_at_k"] is not None for r in runs)
+    db = sqlite3.connect(smoke / "results" / "smoke" / "mlflow.db")
+    steps = db.execute("select count(distinct step) from metrics where key = 'loss'").fetchone()[0]
+    assert steps == 4  # the curves made it into the store
+
+
+def test_complete_study_schedules_nothing_and_one_edit_reruns_one_variant(smoke):
+    r = _smk(smoke, "-n", "--cores", "2")
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-2000:]
+    cfg = yaml.safe_load((smoke / "configs" / "smoke.yaml").read_text())
+    cfg["variants"][1]["opd"] = {"lr": 5e-4}  # forward_kl-opd_plus only
+    (smoke / "configs" / "edited.yaml").write_text(yaml.safe_dump(cfg))
+    r = _smk(smoke, "-n", "--cores", "2", "--quiet", "rules", config="configs/edited.yaml")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-2000:]
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts == {"train": 4, "evaluate_run": 4, "track": 1, "report": 1, "all": 1, "total": 11}, out
+
+
+def test_malformed_config_starts_no_job(smoke):
+    cfg = yaml.safe_load((smoke / "configs" / "smoke.yaml").read_text())
+    cfg["variants"][0]["divergence"] = "kl"
+    (smoke / "configs" / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    r = _smk(smoke, "--cores", "1", config="configs/bad.yaml")
+    assert r.returncode != 0 and "variants.0.divergence: unknown 'kl'" in r.stderr
+
+
+def test_workflow_lint_is_clean():
+    r = subprocess.run(SNAKEMAKE + ["--lint", "--configfile", str(ROOT / "configs" / "smoke.yaml")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "Lints for" not in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]

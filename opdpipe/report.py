@@ -182,7 +182,8 @@ def _render(cfg, meta, sections, out: Path) -> tuple[str, str]:
         md += [f"## {title}", ""]
         html.append(f"<h2>{title}</h2>")
         if isinstance(content, pd.DataFrame):
-            md += [content.to_markdown(index=False) if len(content) else "(none)", ""]
+            escaped = content.map(lambda x: x.replace("|", "\\|") if isinstance(x, str) else x)
+            md += [escaped.to_markdown(index=False) if len(content) else "(none)", ""]
             html.append(content.to_html(index=False, na_rep=""))
         else:
             for name in [content] if isinstance(content, str) else content:

@@ -17,7 +17,7 @@ def default():
     return yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", ["default", "smoke"])
+@pytest.mark.parametrize("name", ["default", "smoke", "paper"])
 def test_shipped_configs_are_valid(name):
     cfg = load(ROOT / "configs" / f"{name}.yaml")
     assert cfg["eval"]["k"] >= 1 and cfg["seeds"]

@@ -11,8 +11,9 @@ def _pins(lines):
 
 def test_requirements_and_environment_yml_pin_the_same_versions():
     req = _pins((ROOT / "requirements.txt").read_text().splitlines())
-    env = _pins((ROOT / "environment.yml").read_text().splitlines())
-    assert req and req == env, f"only in requirements.txt: {req - env}; only in environment.yml: {env - req}"
+    for name in ("environment.yml", "workflow/envs/opdpipe.yaml"):
+        env = _pins((ROOT / name).read_text().splitlines())
+        assert req and req == env, f"only in requirements.txt: {req - env}; only in {name}: {env - req}"
 
 
 def test_torch_is_pinned():

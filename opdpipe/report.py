@@ -90,14 +90,14 @@ def _style(v: dict) -> dict:
     return {"color": COLORS.get(v["divergence"], None), "linestyle": "-" if v["design"] == "opd_plus" else "--"}
 
 
-def figure_curves(results, tasks, variants, seeds, key, ylabel, path, title):
+def figure_curves(results, tasks, variants, seeds, key, ylabel, path, title, smooth: int = 1):
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for vid, v in variants.items():
             frames = [f[["step", key]].dropna() for f in _curves(results, task, vid, seeds) if key in f]
             if not frames:
                 continue
-            mean = pd.concat(frames).groupby("step")[key].mean()
+            mean = pd.concat(frames).groupby("step")[key].mean().rolling(smooth, min_periods=1).mean()
             ax.plot(mean.index, mean.values, label=vid, **_style(v))
         ax.set_title(f"{task}: {title}")
         ax.set_xlabel("step")
@@ -137,15 +137,16 @@ def run(cfg: dict, results: str | Path, variants: dict[str, dict], out_dir: str 
     tasks, seeds = list(cfg["tasks"]), cfg["seeds"]
     df = collect(results, tasks, variants, seeds)
     table, collapsed = main_table(df, tasks)
-    figs = {
-        "curves": ("val/greedy_acc", "greedy accuracy (validation)", "training curves (OPD+ solid, OPD dashed)"),
-        "grad_norm": ("grad_norm", "gradient norm", "gradient norm"),
-        "log_ratio": ("log_u/mean", "mean log u", "mean log-ratio (-reverse KL estimate)"),
-        "length": ("response/len_mean", "tokens", "response length"),
-        "bias": ("bias/cos_expected", "cosine", "bias meter: cos(design gradient, exact gradient)"),
+    figs = {  # name: (metric, y label, title, smoothing window in steps)
+        "curves": ("val/greedy_acc", "greedy accuracy (validation)", "training curves (OPD+ solid, OPD dashed)", 1),
+        "sampled": ("rollout/acc", "accuracy of the rollouts (T = 1)", "sampled accuracy, 10-step mean", 10),
+        "grad_norm": ("grad_norm", "gradient norm", "gradient norm", 1),
+        "log_ratio": ("log_u/mean", "mean log u", "mean log-ratio (-reverse KL estimate)", 1),
+        "length": ("response/len_mean", "tokens", "response length", 1),
+        "bias": ("bias/cos_expected", "cosine", "bias meter: cos(design gradient, exact gradient)", 1),
     }
-    for name, (key, ylabel, title) in figs.items():
-        figure_curves(results, tasks, variants, seeds, key, ylabel, out / "figures" / f"{name}.png", title)
+    for name, (key, ylabel, title, smooth) in figs.items():
+        figure_curves(results, tasks, variants, seeds, key, ylabel, out / "figures" / f"{name}.png", title, smooth)
     runs = json.loads((results / "tracking" / "runs.json").read_text())
     runs_df = pd.DataFrame(runs["runs"])
     divs = list(dict.fromkeys([v["divergence"] for v in variants.values()] + DIVERGENCES.fixed_names()))
@@ -155,7 +156,9 @@ def run(cfg: dict, results: str | Path, variants: dict[str, dict], out_dir: str 
         (f"Main results (avg@{k} %, mean ± 95% CI over {len(seeds)} seed(s); greedy %)", table,
          "Teacher and SFT-init rows: one evaluation, interval ±1.96 stderr. A variant whose mean avg@k falls "
          "below the SFT-init row is flagged (collapsed)."),
-        ("Training curves", "curves", "Validation greedy accuracy vs step, mean over seeds."),
+        ("Training curves", ["curves", "sampled"],
+         "Validation greedy accuracy vs step, and the accuracy of the training rollouts sampled at "
+         "temperature 1 (the quantity avg@k measures), mean over seeds."),
         ("Diagnostics", ["grad_norm", "log_ratio", "length", "bias"],
          "Bias meter: cosine between the design's expected sampled-token gradient and the exact gradient of "
          "sum_n D_f(q||p) at the visited prefixes (1 = unbiased)."),

@@ -39,8 +39,8 @@ def test_smoke_dag_produces_the_report(smoke):
         assert f"| {row} " in md, row
     assert "Runs read back from MLflow" in md and "Advantage formulas" in md
     html = (rep / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5
-    for fig in ("curves", "grad_norm", "log_ratio", "length", "bias"):
+    assert html.count("data:image/png;base64,") == 6
+    for fig in ("curves", "sampled", "grad_norm", "log_ratio", "length", "bias"):
         assert (rep / "figures" / f"{fig}.png").stat().st_size > 1000
 
 

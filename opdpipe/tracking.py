@@ -91,9 +91,6 @@ class LiveRun:
         except Exception as err:  # tracking must never kill a training run
             self.log(f"warning: live MLflow logging failed at step {step}: {err!r}")
 
-    def close(self) -> None:
-        pass
-
 
 def _safe(name: str) -> str:
     return name.replace("@", "_at_")

@@ -13,4 +13,3 @@ spec = trainer.RunSpec(task=w.task, divergence=snakemake.params.variant["diverge
 live = tracking.LiveRun(snakemake.params.tracking_uri, snakemake.config["study"], w.task, w.variant, int(w.seed),
                         log=say)
 trainer.run(spec, callbacks=(live.log_step,), log=say, progress=False)
-live.close()

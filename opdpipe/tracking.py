@@ -22,7 +22,7 @@ def experiment_name(study: str) -> str:
     return f"opdpipe-{study}"
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     from mlflow.tracking import MlflowClient
 
@@ -35,7 +35,7 @@ def run_key(study: str, task: str, variant: str, seed: int | None) -> str:
 
 def init_store(uri: str, study: str, artifact_dir: str | Path) -> dict:
     """Create the store, the study's experiment and its parent run, once, before parallel jobs."""
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(experiment_name(study))
     exp_id = exp.experiment_id if exp else client.create_experiment(
         experiment_name(study), artifact_location=Path(artifact_dir).resolve().as_uri())
@@ -71,7 +71,7 @@ class LiveRun:
         self.client, self.run_id = None, None
 
     def _open(self, fresh: bool) -> None:
-        self.client = _client(self.uri)
+        self.client = mlflow_client(self.uri)
         exp = self.client.get_experiment_by_name(experiment_name(self.study))
         parent = _find(self.client, exp.experiment_id, run_key(self.study, "_study", "_all", None))
         self.run_id = get_run(self.client, exp.experiment_id, parent,
@@ -155,7 +155,7 @@ def track_entry(client, store: dict, study: str, entry: dict) -> str:
 
 def read_back(uri: str, study: str) -> list[dict]:
     """Every active run of the study's experiment, as plain rows (the report's proof of round-trip)."""
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(experiment_name(study))
     rows = []
     for r in client.search_runs([exp.experiment_id], max_results=5000, order_by=["attributes.run_name ASC"]):

@@ -9,7 +9,7 @@ from opdpipe.provenance import atomic_write_json
 redirect(snakemake.log[0])
 cfg = snakemake.config
 store = json.loads(Path(snakemake.input.store[0]).read_text())
-client = tracking._client(snakemake.params.uri)
+client = tracking.mlflow_client(snakemake.params.uri)
 world = {k: cfg[k] for k in ("seed", "tasks", "teacher", "student", "eval")}
 for path in map(Path, snakemake.input.evals):
     ev = json.loads(path.read_text())

@@ -65,6 +65,10 @@ def validate(config: dict) -> dict:
             raise ConfigError(f"config error at {role}: give exactly one of 'model' (built here) or 'hf_id'")
     if "model" in cfg["teacher"] and "train" not in cfg["teacher"]:
         raise ConfigError("config error at teacher: a model built here needs a 'train' block")
+    for task, spec in cfg["tasks"].items():
+        if "teacher_train" in spec and "train" not in cfg["teacher"]:
+            raise ConfigError(f"config error at tasks.{task}.teacher_train: the teacher is not trained here "
+                              "(it has no 'train' block); remove the override")
     seen = set()
     for i, v in enumerate(cfg["variants"]):
         if v["divergence"] not in DIVERGENCES:
@@ -107,6 +111,14 @@ def variant_id(v: dict) -> str:
 
 def variants(cfg: dict) -> dict[str, dict]:
     return {variant_id(v): v for v in cfg["variants"]}
+
+
+def teacher_config(cfg: dict, task: str) -> dict:
+    """The teacher block for one task: teacher.train updated with the task's teacher_train overrides."""
+    teacher = copy.deepcopy(cfg["teacher"])
+    if cfg["tasks"][task].get("teacher_train"):
+        teacher["train"] = {**teacher["train"], **cfg["tasks"][task]["teacher_train"]}
+    return teacher
 
 
 def opd_hparams(cfg: dict, task: str, vid: str) -> dict:

@@ -65,11 +65,10 @@ def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int,
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
-    texts = []
-    for row, m in zip(rollout.response, rollout.mask):
-        ids = [int(t) for t, keep in zip(row, m) if keep and int(t) != tokenizer.eos_token_id]
-        texts.append(tokenizer.decode(ids))
-    return texts
+    """Response texts: the masked tokens, EOS dropped."""
+    keep = rollout.mask.bool() & (rollout.response != tokenizer.eos_token_id)
+    rows = torch.where(keep, rollout.response, -1).tolist()
+    return tokenizer.batch_decode([[t for t in row if t >= 0] for row in rows])
 
 
 def greedy_accuracy(model, tokenizer, examples: list[dict], score, max_new_tokens: int,

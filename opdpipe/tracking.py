@@ -64,11 +64,16 @@ def get_run(client, exp_id: str, parent_id: str, key: str, name: str, tags: dict
 
 
 class LiveRun:
-    """Training callback: mirrors step metrics to MLflow as they are produced (best effort)."""
+    """Training callback: mirrors step metrics to MLflow while the run trains (best effort).
 
-    def __init__(self, uri: str, study: str, task: str, variant: str, seed: int, log=print):
+    Steps are sent in batches of `flush_every` (one store transaction each) and at `flush()`; the
+    track rule later fills in any step a busy or failed store missed, from metrics.jsonl.
+    """
+
+    def __init__(self, uri: str, study: str, task: str, variant: str, seed: int, log=print, flush_every: int = 10):
         self.uri, self.study, self.task, self.variant, self.seed, self.log = uri, study, task, variant, seed, log
-        self.client, self.run_id = None, None
+        self.flush_every = flush_every
+        self.client, self.run_id, self.pending, self.fresh = None, None, [], None
 
     def _open(self, fresh: bool) -> None:
         self.client = mlflow_client(self.uri)
@@ -82,14 +87,22 @@ class LiveRun:
     def log_step(self, step: int, metrics: dict) -> None:
         from mlflow.entities import Metric
 
+        if self.fresh is None:
+            self.fresh = step == 0  # a resumed run continues its MLflow run
+        ts = int(time.time() * 1000)
+        self.pending += [Metric(_safe(k), float(v), ts, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+        if step == 0 or step % self.flush_every == 0:
+            self.flush()
+
+    def flush(self) -> None:
         try:
-            if self.run_id is None:
-                self._open(fresh=(step == 0))  # a resumed run continues its MLflow run
-            ts = int(time.time() * 1000)
-            batch = [Metric(_safe(k), float(v), ts, step) for k, v in metrics.items() if isinstance(v, (int, float))]
-            self.client.log_batch(self.run_id, metrics=batch)
+            if self.run_id is None and self.pending:
+                self._open(fresh=self.fresh)
+            for i in range(0, len(self.pending), 1000):  # MLflow's per-request limit
+                self.client.log_batch(self.run_id, metrics=self.pending[i:i + 1000])
         except Exception as err:  # tracking must never kill a training run
-            self.log(f"warning: live MLflow logging failed at step {step}: {err!r}")
+            self.log(f"warning: live MLflow logging failed: {err!r}")
+        self.pending = []
 
 
 def _safe(name: str) -> str:

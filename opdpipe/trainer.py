@@ -126,26 +126,36 @@ def train_step(state: "RunState", cfg: dict) -> dict:
     t0 = time.perf_counter()
     tok, P, G = state.tok, cfg["prompts_per_step"], cfg["group_size"]
     idx = torch.randint(len(state.train), (P,), generator=state.gen).tolist()
-    batch = [state.train[i] for i in idx for _ in range(G)]
-    s_ctx = [tok(e["prompt"])["input_ids"] for e in batch]
-    t_ctx = [tok(e.get("teacher_prompt", e["prompt"]))["input_ids"] for e in batch]  # privileged context hook
+    prompts = [state.train[i] for i in idx]
+    batch = [e for e in prompts for _ in range(G)]
+    s_ctx = _contexts(tok, prompts, "prompt", G)
+    t_ctx = _contexts(tok, prompts, "teacher_prompt", G) if any("teacher_prompt" in e for e in prompts) \
+        else s_ctx  # privileged-context hook: the teacher may see more than the student
     roll = sample(state.student, s_ctx, cfg["max_new_tokens"], tok.eos_token_id, tok.pad_token_id,
                   generator=state.gen)
     t1 = time.perf_counter()
     resp, mask = roll.response, roll.mask
     lq = teacher_logprobs(state.teacher, t_ctx, resp, mask, tok.pad_token_id)  # [B, T]
     t2 = time.perf_counter()
-    with torch.no_grad():
-        lp_old = sequence_logprobs(state.student, s_ctx, resp, mask, tok.pad_token_id)  # theta_0, [B, T]
+    minibatches = torch.arange(len(batch)).chunk(cfg["num_substeps"])
+    state.student.train()
+    if len(minibatches) == 1:
+        # one minibatch: the gradient pass at theta_old gives lp_old too (same numbers, one pass fewer)
+        lp_first = sequence_logprobs(state.student, s_ctx, resp, mask, tok.pad_token_id)
+        lp_old = lp_first.detach()
+    else:
+        with torch.no_grad():
+            lp_old = sequence_logprobs(state.student, s_ctx, resp, mask, tok.pad_token_id)  # theta_0, [B, T]
+        lp_first = None
     log_u, clip_frac = clip_log_u(lq - lp_old, cfg["log_u_clip"], mask)
     adv, adv_stats = compute_advantages(state.design, state.div, log_u, mask, cfg["gamma"])
     if cfg["normalize_advantages"]:
         m = mask.bool()
         adv = torch.where(m, (adv - adv[m].mean()) / (adv[m].std() + 1e-8), adv)
-    state.student.train()
     losses, grad_norms = [], []
-    for mb in torch.arange(len(batch)).chunk(cfg["num_substeps"]):
-        lp_new = sequence_logprobs(state.student, [s_ctx[i] for i in mb], resp[mb], mask[mb], tok.pad_token_id)
+    for i, mb in enumerate(minibatches):
+        lp_new = lp_first if i == 0 and lp_first is not None else \
+            sequence_logprobs(state.student, [s_ctx[j] for j in mb], resp[mb], mask[mb], tok.pad_token_id)
         loss, loss_stats = policy_loss(lp_new, lp_old[mb], adv[mb], mask[mb], cfg["loss_agg"], cfg["clip_ratio"])
         state.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -171,6 +181,12 @@ def train_step(state: "RunState", cfg: dict) -> dict:
     }
     state.last_batch = (s_ctx, t_ctx, resp, mask)
     return metrics
+
+
+def _contexts(tok, prompts: list[dict], key: str, group_size: int) -> list[list[int]]:
+    """Token ids of each prompt's `key` field (falling back to "prompt"), repeated group_size times."""
+    ids = tok([e.get(key, e["prompt"]) for e in prompts])["input_ids"]
+    return [x for x in ids for _ in range(group_size)]
 
 
 # ---------------------------------------------------------------- state, checkpoints, resume

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from opdpipe.advantages import ADVANTAGES
-from opdpipe.config import ConfigError, load, opd_hparams, schema, validate
+from opdpipe.config import ConfigError, load, opd_hparams, schema, teacher_config, validate
 from opdpipe.losses import AGGREGATIONS
 from opdpipe.trainer import DEFAULTS
 
@@ -50,6 +50,10 @@ def test_default_study_is_the_papers_grid(default):
     (lambda c: c["tasks"]["tooluse"]["sizes"].update(train=10 ** 6), r"tasks.tooluse.sizes: .* guarantees only"),
     (lambda c: c["variants"].append({"divergence": "jsd", "design": "opd"}), r"used twice"),
     (lambda c: c.update(seeds=[]), r"at seeds: \[\] should be non-empty"),
+    (lambda c: c["tasks"]["math"].update(teacher_train={"stpes": 5}),
+     r"at tasks.math.teacher_train: Additional properties are not allowed \('stpes'"),
+    (lambda c: c.update(teacher={"hf_id": "Qwen/Qwen3-8B", "revision": "abc"}) or
+     c["tasks"]["math"].update(teacher_train={"steps": 5}), r"at tasks.math.teacher_train: the teacher is not trained"),
 ])
 def test_bad_configs_name_the_key_the_value_and_the_choices(default, edit, match):
     edit(default)
@@ -66,6 +70,15 @@ def test_extra_variants_by_config_alone(default):
     hp = opd_hparams(cfg, "math", "reverse_kl-opd_plus-g1")
     assert hp["gamma"] == 1.0 and hp["steps"] == 100 and hp["lr"] == 1e-4  # variant > task > study
     assert "alpha:0.5-opd_plus" in {v.get("name") or f"{v['divergence']}-{v['design']}" for v in cfg["variants"]}
+
+
+def test_teacher_steps_per_task(default):
+    default["tasks"]["math"]["teacher_train"] = {"steps": 123}
+    cfg = validate(default)
+    math, other = teacher_config(cfg, "math"), teacher_config(cfg, "tooluse")
+    assert math["train"]["steps"] == 123 and math["train"]["lr"] == cfg["teacher"]["train"]["lr"]
+    assert other["train"] == {**cfg["teacher"]["train"], **cfg["tasks"]["tooluse"].get("teacher_train", {})}
+    assert cfg["teacher"]["train"]["steps"] != 123  # the study's block is left as written
 
 
 def test_missing_config_file():

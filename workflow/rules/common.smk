@@ -3,7 +3,7 @@ import os
 import json
 import sys
 
-from opdpipe.config import opd_hparams, variants
+from opdpipe.config import opd_hparams, teacher_config, variants
 
 STUDY = config["study"]
 RESULTS = f"results/{STUDY}"
@@ -32,7 +32,7 @@ def variant_of(w):
 
 def world_params(w):
     """What the teacher / SFT-init stages depend on."""
-    return {"teacher": config["teacher"], "student": config["student"],
+    return {"teacher": teacher_config(config, w.task), "student": config["student"],
             "max_new_tokens": config["tasks"][w.task]["max_new_tokens"]}
 
 

@@ -1,4 +1,5 @@
 # Stage 2: teacher caching (once per task) and the SFT-init student.
+# Priorities: the long chain (teacher -> SFT-init -> train) first; the short evaluations fill the end.
 
 
 rule teacher:
@@ -13,6 +14,7 @@ rule teacher:
         cfg=world_params,
         seed=config["seed"],
     threads: config["threads"]
+    priority: 3
     conda:
         "../envs/opdpipe.yaml"
     log:
@@ -34,6 +36,7 @@ rule sft_init:
         student=config["student"],
         seed=config["seed"],
     threads: config["threads"]
+    priority: 2
     conda:
         "../envs/opdpipe.yaml"
     log:

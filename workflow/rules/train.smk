@@ -17,6 +17,7 @@ rule train:
         run_dir=run_dir,
         tracking_uri=TRACKING_URI,
     threads: config["threads"]
+    priority: 1
     conda:
         "../envs/opdpipe.yaml"
     log:

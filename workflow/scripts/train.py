@@ -12,4 +12,7 @@ spec = trainer.RunSpec(task=w.task, divergence=snakemake.params.variant["diverge
                        hparams={**snakemake.params.hparams, "threads": snakemake.threads})
 live = tracking.LiveRun(snakemake.params.tracking_uri, snakemake.config["study"], w.task, w.variant, int(w.seed),
                         log=say)
-trainer.run(spec, callbacks=(live.log_step,), log=say, progress=False)
+try:
+    trainer.run(spec, callbacks=(live.log_step,), log=say, progress=False)
+finally:
+    live.flush()

@@ -139,23 +139,22 @@ def train_step(state: "RunState", cfg: dict) -> dict:
     t2 = time.perf_counter()
     minibatches = torch.arange(len(batch)).chunk(cfg["num_substeps"])
     state.student.train()
-    if len(minibatches) == 1:
-        # one minibatch: the gradient pass at theta_old gives lp_old too (same numbers, one pass fewer)
-        lp_first = sequence_logprobs(state.student, s_ctx, resp, mask, tok.pad_token_id)
-        lp_old = lp_first.detach()
+    # one minibatch: its gradient pass at theta_old also gives lp_old (same numbers, one pass fewer)
+    lp_whole = sequence_logprobs(state.student, s_ctx, resp, mask, tok.pad_token_id) if len(minibatches) == 1 else None
+    if lp_whole is not None:
+        lp_old = lp_whole.detach()
     else:
         with torch.no_grad():
             lp_old = sequence_logprobs(state.student, s_ctx, resp, mask, tok.pad_token_id)  # theta_0, [B, T]
-        lp_first = None
     log_u, clip_frac = clip_log_u(lq - lp_old, cfg["log_u_clip"], mask)
     adv, adv_stats = compute_advantages(state.design, state.div, log_u, mask, cfg["gamma"])
     if cfg["normalize_advantages"]:
         m = mask.bool()
         adv = torch.where(m, (adv - adv[m].mean()) / (adv[m].std() + 1e-8), adv)
     losses, grad_norms = [], []
-    for i, mb in enumerate(minibatches):
-        lp_new = lp_first if i == 0 and lp_first is not None else \
-            sequence_logprobs(state.student, [s_ctx[j] for j in mb], resp[mb], mask[mb], tok.pad_token_id)
+    for mb in minibatches:
+        lp_new = lp_whole if lp_whole is not None else \
+            sequence_logprobs(state.student, [s_ctx[i] for i in mb], resp[mb], mask[mb], tok.pad_token_id)
         loss, loss_stats = policy_loss(lp_new, lp_old[mb], adv[mb], mask[mb], cfg["loss_agg"], cfg["clip_ratio"])
         state.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -71,6 +71,14 @@ def test_run_records_metrics_summary_and_bias(tiny_world, tmp_path):
     assert (tmp_path / "final" / "config.json").exists() and not (tmp_path / "work").exists()
 
 
+def test_minibatched_updates_take_their_own_passes(tiny_world, tmp_path):
+    one = run(_spec(tiny_world, tmp_path / "one"), progress=False)
+    two = run(_spec(tiny_world, tmp_path / "two", num_substeps=2), progress=False)
+    assert all(torch.isfinite(torch.tensor(s["final"]["loss"])) for s in (one, two))
+    w1, w2 = (dict(load_model(tmp_path / r / "final").named_parameters()) for r in ("one", "two"))
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)  # two optimizer steps per batch, not one
+
+
 def test_bias_meter_sees_stop_gradient_bias(tiny_world, tmp_path):
     run(RunSpec(**{**_spec(tiny_world, tmp_path).__dict__, "design": "opd"}), progress=False)
     row = read_jsonl(tmp_path / "metrics.jsonl")[2]

@@ -54,6 +54,24 @@ def test_every_run_is_tracked_once_in_mlflow(smoke):
     assert steps == 4  # the curves made it into the store
 
 
+def test_a_seed_evaluated_alone_matches_its_variant_job(smoke, tmp_path):
+    """One lm-eval job evaluates a variant's seeds in turn; the second seed's numbers must not depend
+    on the evaluation before it in the same process."""
+    from opdpipe import evaluate
+    from opdpipe.config import load
+
+    cfg = load(smoke / "configs" / "smoke.yaml")
+    res = smoke / "results" / "smoke"
+    run = res / "math" / "reverse_kl-opd_plus" / "seed1"
+    job = json.loads((run / "eval.json").read_text())
+    alone = evaluate.run(run / "final", "math", res / "data" / "math" / "test.jsonl", tmp_path / "eval.json",
+                         k=cfg["eval"]["k"], max_gen_toks=cfg["tasks"]["math"]["max_new_tokens"],
+                         batch_size=cfg["eval"]["batch_size"], limit=cfg["eval"]["limit"], seed=1)
+    assert job["label"] == "reverse_kl-opd_plus/seed1" and job["seed"] == 1
+    assert [s["samples"] for s in alone["samples"]] == [s["samples"] for s in job["samples"]]
+    assert (alone["avg_at_k"], alone["greedy_acc"]) == (job["avg_at_k"], job["greedy_acc"])
+
+
 def test_complete_study_schedules_nothing_and_one_edit_reruns_one_variant(smoke):
     r = _smk(smoke, "-n", "--cores", "2")
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-2000:]
@@ -65,7 +83,7 @@ def test_complete_study_schedules_nothing_and_one_edit_reruns_one_variant(smoke)
     assert r.returncode == 0, out[-2000:]
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts == {"train": 4, "evaluate_run": 4, "track": 1, "report": 1, "all": 1, "total": 11}, out
+    assert counts == {"train": 4, "evaluate_variant": 2, "track": 1, "report": 1, "all": 1, "total": 9}, out
 
 
 def test_malformed_config_starts_no_job(smoke):

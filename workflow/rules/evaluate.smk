@@ -1,39 +1,41 @@
 # Stage 4: lm-eval benchmarks of every trained student and of the teacher / SFT-init rows.
+# One job per (task, variant) evaluates all of its seeds in one process: lm-eval, torch and
+# transformers are imported once, not once per seed. Each seed keeps its own eval.json.
 
 
-rule evaluate_run:
+rule evaluate_variant:
     input:
-        checkpoint=rules.train.output.final,
+        checkpoints=lambda w: [f"{RESULTS}/{w.task}/{w.variant}/seed{s}/final" for s in SEEDS],
         test=rules.prepare_data.output.test,
     output:
-        f"{RESULTS}/{{task}}/{{variant}}/seed{{seed}}/eval.json",
+        [f"{RESULTS}/{{task}}/{{variant}}/seed{s}/eval.json" for s in SEEDS],
     params:
         eval=config["eval"],
         max_gen_toks=lambda w: config["tasks"][w.task]["max_new_tokens"],
-        seed=lambda w: int(w.seed),
-        label=lambda w: f"{w.variant}/seed{w.seed}",
+        seeds=SEEDS,
+        labels=lambda w: [f"{w.variant}/seed{s}" for s in SEEDS],
     threads: config["threads"]
     conda:
         "../envs/opdpipe.yaml"
     log:
-        f"{RESULTS}/logs/evaluate/{{task}}/{{variant}}/seed{{seed}}.log",
+        f"{RESULTS}/logs/evaluate/{{task}}/{{variant}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{task}}/{{variant}}/seed{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/evaluate/{{task}}/{{variant}}.tsv"
     script:
         "../scripts/evaluate.py"
 
 
 rule evaluate_reference:
     input:
-        checkpoint=reference_checkpoint,
+        checkpoints=lambda w: [reference_checkpoint(w)],
         test=rules.prepare_data.output.test,
     output:
         f"{RESULTS}/{{task}}/{{ref}}/eval.json",
     params:
         eval=config["eval"],
         max_gen_toks=lambda w: config["tasks"][w.task]["max_new_tokens"],
-        seed=config["seed"],
-        label=lambda w: w.ref,
+        seeds=[config["seed"]],
+        labels=lambda w: [w.ref],
     threads: config["threads"]
     conda:
         "../envs/opdpipe.yaml"

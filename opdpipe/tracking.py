@@ -166,6 +166,14 @@ def track_entry(client, store: dict, study: str, entry: dict) -> str:
     return run_id
 
 
+def close_study(client, store: dict, tags: dict) -> None:
+    """Tag the study's parent run and mark it finished once every row is mirrored (the UI shows the
+    study done; a later re-run of one variant still files its child run under it)."""
+    for k, v in tags.items():
+        client.set_tag(store["parent_run_id"], f"opdpipe.{k}", str(v))
+    client.set_terminated(store["parent_run_id"], "FINISHED")
+
+
 def read_back(uri: str, study: str) -> list[dict]:
     """Every active run of the study's experiment, as plain rows (the report's proof of round-trip)."""
     client = mlflow_client(uri)

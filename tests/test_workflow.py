@@ -52,6 +52,8 @@ def test_every_run_is_tracked_once_in_mlflow(smoke):
     db = sqlite3.connect(smoke / "results" / "smoke" / "mlflow.db")
     steps = db.execute("select count(distinct step) from metrics where key = 'loss'").fetchone()[0]
     assert steps == 4  # the curves made it into the store
+    study = db.execute("select status, lifecycle_stage from runs where name = 'smoke'").fetchall()
+    assert study == [("FINISHED", "active")]  # the study's parent run is closed once all rows are in
 
 
 def test_a_seed_evaluated_alone_matches_its_variant_job(smoke, tmp_path):

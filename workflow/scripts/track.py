@@ -4,7 +4,7 @@ from pathlib import Path
 
 from _log import redirect, say
 from opdpipe import tracking
-from opdpipe.provenance import atomic_write_json
+from opdpipe.provenance import atomic_write_json, code_version, config_hash
 
 redirect(snakemake.log[0])
 cfg = snakemake.config
@@ -39,6 +39,7 @@ for path in map(Path, snakemake.input.evals):
     run_id = tracking.track_entry(client, store, cfg["study"], entry)
     say(f"tracked {entry['name']} -> {run_id}")
 rows = tracking.read_back(snakemake.params.uri, cfg["study"])
+tracking.close_study(client, store, {"config_hash": config_hash(cfg), "code_version": code_version(), "runs": len(rows)})
 atomic_write_json(snakemake.output[0], {"uri": snakemake.params.uri, "experiment": tracking.experiment_name(cfg["study"]),
                                         "runs": rows})
 say(f"read back {len(rows)} runs")

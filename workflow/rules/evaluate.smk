@@ -5,7 +5,7 @@
 
 rule evaluate_variant:
     input:
-        checkpoints=lambda w: [f"{RESULTS}/{w.task}/{w.variant}/seed{s}/final" for s in SEEDS],
+        checkpoints=lambda w: expand(rules.train.output.final, task=w.task, variant=w.variant, seed=SEEDS),
         test=rules.prepare_data.output.test,
     output:
         [f"{RESULTS}/{{task}}/{{variant}}/seed{s}/eval.json" for s in SEEDS],

@@ -82,7 +82,21 @@ def validate(config: dict) -> dict:
             raise ConfigError(f"config error at variants.{i}: variant id {vid!r} is used twice or reserved; "
                               "give it a distinct 'name'")
         seen.add(vid)
+    _check_world_sizes(cfg)
     return _sorted(cfg)
+
+
+def _check_world_sizes(cfg: dict) -> None:
+    """Data-parallel training runs: ranks agree with the GPUs asked for and share the batch evenly."""
+    from opdpipe import resources
+
+    for task in cfg["tasks"]:
+        for vid in variants(cfg):
+            hp = opd_hparams(cfg, task, vid)
+            try:
+                resources.check_world(resources.world_size(cfg, hp), hp, f"tasks.{task}, variant {vid}")
+            except ValueError as err:
+                raise ConfigError(f"config error: {err}") from None
 
 
 def _sorted(obj):

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from opdpipe import bias_meter
+from opdpipe import bias_meter, distributed
 from opdpipe.advantages import compute_advantages, get_design
 from opdpipe.data import read_jsonl
 from opdpipe.divergences import clip_log_u, get_divergence
@@ -59,7 +59,8 @@ DEFAULTS = {
     "bias_rollouts": 16,         # rollouts of the batch the bias meter uses
     "bias_max_vocab": 4096,      # skip the bias meter above this vocabulary size
     "checkpoint_every": 20,      # resumable checkpoint every K steps (0 = only the final one)
-    "threads": 1,                # torch threads
+    "threads": 1,                # torch threads (per rank)
+    "world_size": 1,             # data-parallel ranks (torchrun); each samples prompts_per_step / world_size
 }
 SCHEDULES = ("constant", "cosine")
 # In-progress state (checkpoints, streamed metrics) lives in <out>/work/, which no workflow declares
@@ -104,6 +105,9 @@ def validate(spec: RunSpec) -> dict:
     batch = cfg["prompts_per_step"] * cfg["group_size"]
     if cfg["num_substeps"] < 1 or batch % cfg["num_substeps"]:
         raise ValueError(f"opd.num_substeps = {cfg['num_substeps']!r} must divide the batch of {batch} rollouts")
+    if cfg["world_size"] > 1:
+        from opdpipe.resources import check_world
+        check_world(cfg["world_size"], cfg, "opd")
     for key in ("student", "teacher"):
         if not (Path(getattr(spec, key)) / "config.json").exists():
             raise FileNotFoundError(f"{key} checkpoint {getattr(spec, key)!r} not found (no config.json)")
@@ -124,23 +128,32 @@ def check_compatible(student_tok, teacher_tok, student, teacher) -> None:
 # ---------------------------------------------------------------- one step
 def train_step(state: "RunState", cfg: dict) -> dict:
     t0 = time.perf_counter()
-    tok, P, G = state.tok, cfg["prompts_per_step"], cfg["group_size"]
+    tok, P, G = state.tok, cfg["prompts_per_step"] // state.dist.world_size, cfg["group_size"]  # this rank's share
     idx = torch.randint(len(state.train), (P,), generator=state.gen).tolist()
     prompts = [state.train[i] for i in idx]
-    batch = [e for e in prompts for _ in range(G)]
     s_ctx = _contexts(tok, prompts, "prompt", G)
-    t_ctx = _contexts(tok, prompts, "teacher_prompt", G) if any("teacher_prompt" in e for e in prompts) \
-        else s_ctx  # privileged-context hook: the teacher may see more than the student
     roll = sample(state.student, s_ctx, cfg["max_new_tokens"], tok.eos_token_id, tok.pad_token_id,
                   generator=state.gen)
+    return learn(state, cfg, prompts, roll, time.perf_counter() - t0)
+
+
+def learn(state: "RunState", cfg: dict, prompts: list[dict], roll, rollout_s: float = 0.0) -> dict:
+    """Score one batch of rollouts (G per prompt) with the teacher and update the student; with
+    several ranks, `prompts` and `roll` are this rank's share and gradients are all-reduced."""
     t1 = time.perf_counter()
+    tok, G = state.tok, cfg["group_size"]
+    batch = [e for e in prompts for _ in range(G)]
+    s_ctx = roll.prompt_ids
+    t_ctx = _contexts(tok, prompts, "teacher_prompt", G) if any("teacher_prompt" in e for e in prompts) \
+        else s_ctx  # privileged-context hook: the teacher may see more than the student
     resp, mask = roll.response, roll.mask
     lq = teacher_logprobs(state.teacher, t_ctx, resp, mask, tok.pad_token_id)  # [B, T]
     t2 = time.perf_counter()
     minibatches = torch.arange(len(batch)).chunk(cfg["num_substeps"])
     state.student.train()
     # one minibatch: its gradient pass at theta_old also gives lp_old (same numbers, one pass fewer)
-    lp_whole = sequence_logprobs(state.student, s_ctx, resp, mask, tok.pad_token_id) if len(minibatches) == 1 else None
+    learner = state.learner or state.student  # DDP over the student when there are several ranks
+    lp_whole = sequence_logprobs(learner, s_ctx, resp, mask, tok.pad_token_id) if len(minibatches) == 1 else None
     if lp_whole is not None:
         lp_old = lp_whole.detach()
     else:
@@ -148,14 +161,18 @@ def train_step(state: "RunState", cfg: dict) -> dict:
             lp_old = sequence_logprobs(state.student, s_ctx, resp, mask, tok.pad_token_id)  # theta_0, [B, T]
     log_u, clip_frac = clip_log_u(lq - lp_old, cfg["log_u_clip"], mask)
     adv, adv_stats = compute_advantages(state.design, state.div, log_u, mask, cfg["gamma"])
-    if cfg["normalize_advantages"]:
+    if cfg["normalize_advantages"] and state.dist.active:
+        adv = distributed.normalize_advantages(adv, mask)  # statistics of the whole batch
+    elif cfg["normalize_advantages"]:
         m = mask.bool()
         adv = torch.where(m, (adv - adv[m].mean()) / (adv[m].std() + 1e-8), adv)
     losses, grad_norms = [], []
     for mb in minibatches:
         lp_new = lp_whole if lp_whole is not None else \
-            sequence_logprobs(state.student, [s_ctx[i] for i in mb], resp[mb], mask[mb], tok.pad_token_id)
+            sequence_logprobs(learner, [s_ctx[i] for i in mb], resp[mb], mask[mb], tok.pad_token_id)
         loss, loss_stats = policy_loss(lp_new, lp_old[mb], adv[mb], mask[mb], cfg["loss_agg"], cfg["clip_ratio"])
+        if state.dist.active:  # this rank's share of the global mean: DDP's average is then the whole batch's
+            loss = loss * distributed.loss_share(state.dist, cfg["loss_agg"], mask[mb])
         state.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norms.append(torch.nn.utils.clip_grad_norm_(state.student.parameters(), cfg["max_grad_norm"]).item())
@@ -175,11 +192,11 @@ def train_step(state: "RunState", cfg: dict) -> dict:
         "response/len_mean": mask.sum(-1).float().mean().item(),
         "response/trunc_frac": roll.truncated.float().mean().item(),
         "rollout/acc": sum(state.score(t, e["answer"]) for t, e in zip(texts, batch)) / len(batch),
-        "lr": state.sched.get_last_lr()[0], "tokens_per_s": n_tok / (t3 - t0),
-        "time/rollout_s": t1 - t0, "time/teacher_s": t2 - t1, "time/update_s": t3 - t2,
+        "lr": state.sched.get_last_lr()[0], "tokens_per_s": n_tok / (rollout_s + t3 - t1),
+        "time/rollout_s": rollout_s, "time/teacher_s": t2 - t1, "time/update_s": t3 - t2,
     }
     state.last_batch = (s_ctx, t_ctx, resp, mask)
-    return metrics
+    return distributed.reduce_metrics(metrics, state.dist, n_tok)
 
 
 def _contexts(tok, prompts: list[dict], key: str, group_size: int) -> list[list[int]]:
@@ -204,6 +221,8 @@ class RunState:
     design: object
     step: int = 0
     last_batch: tuple | None = None
+    dist: distributed.Context = field(default_factory=distributed.Context)
+    learner: torch.nn.Module | None = None  # what gradient passes go through (DDP with several ranks)
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
@@ -213,16 +232,21 @@ def _latest_checkpoint(out: Path) -> Path | None:
 
 
 def save_training_checkpoint(state: RunState, out: Path) -> None:
+    """Called on every rank (it gathers their random states); rank 0 writes."""
+    rngs = distributed.gather({"generator": state.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                               "python_rng": random.getstate()}, state.dist)
+    if not state.dist.is_main:
+        return
+    ranks = {"world_size": state.dist.world_size, "ranks": rngs} if state.dist.active else {}
     with atomic_dir(out / WORK / "checkpoints" / f"step_{state.step:06d}") as tmp:
         state.student.save_pretrained(str(tmp))
         torch.save({"step": state.step, "optimizer": state.opt.state_dict(), "scheduler": state.sched.state_dict(),
-                    "generator": state.gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    "python_rng": random.getstate()}, tmp / "trainer_state.pt")
+                    **rngs[0], **ranks}, tmp / "trainer_state.pt")
     for old in sorted((out / WORK / "checkpoints").glob("step_*"))[:-1]:  # keep the newest only
         shutil.rmtree(old, ignore_errors=True)
 
 
-def build_state(spec: RunSpec, cfg: dict, out: Path, log) -> RunState:
+def build_state(spec: RunSpec, cfg: dict, out: Path, log, ctx: distributed.Context = distributed.Context()) -> RunState:
     tok = load_tokenizer(spec.student)
     resume = _latest_checkpoint(out)
     student = load_model(resume or spec.student)
@@ -236,15 +260,20 @@ def build_state(spec: RunSpec, cfg: dict, out: Path, log) -> RunState:
     sched_fn = lr_lambda(cfg["warmup_steps"], total) if cfg["lr_schedule"] == "cosine" else \
         (lambda s: min(1.0, (s + 1) / cfg["warmup_steps"]) if cfg["warmup_steps"] else 1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, sched_fn)
-    gen = torch.Generator().manual_seed(spec.seed)
+    gen = torch.Generator().manual_seed(distributed.rank_seed(spec.seed, ctx))
     train = read_jsonl(Path(spec.data_dir) / "train.jsonl")
     val = read_jsonl(Path(spec.data_dir) / "validation.jsonl")[:cfg["eval_size"]]
     state = RunState(student, teacher, tok, opt, sched, gen, train, val, get_task(spec.task).score,
-                     get_divergence(spec.divergence), get_design(spec.design))
+                     get_divergence(spec.divergence), get_design(spec.design), dist=ctx,
+                     learner=distributed.wrap(student, ctx))
     if resume is not None:
         ts = torch.load(resume / "trainer_state.pt", weights_only=False)
+        if ts.get("world_size", 1) != ctx.world_size:
+            raise ValueError(f"checkpoint {resume} was written by {ts.get('world_size', 1)} rank(s), this run has "
+                             f"{ctx.world_size}: keep opd.world_size, or delete {out / WORK} to start over")
+        rng = ts["ranks"][ctx.rank] if ctx.active else ts
         opt.load_state_dict(ts["optimizer"]), sched.load_state_dict(ts["scheduler"])
-        gen.set_state(ts["generator"]), torch.set_rng_state(ts["torch_rng"]), random.setstate(ts["python_rng"])
+        gen.set_state(rng["generator"]), torch.set_rng_state(rng["torch_rng"]), random.setstate(rng["python_rng"])
         state.step = ts["step"]
         log(f"resuming from {resume} (step {state.step})")
     return state
@@ -263,35 +292,40 @@ def run(spec: RunSpec, callbacks: tuple[Callable[[int, dict], None], ...] = (), 
         progress: bool = True) -> dict:
     """Train one variant; returns the summary written to <out_dir>/summary.json."""
     cfg = validate(spec)
+    ctx = distributed.context()
+    if cfg["world_size"] != ctx.world_size:
+        raise ValueError(f"opd.world_size = {cfg['world_size']} but this process is one of {ctx.world_size} rank(s): "
+                         "launch it through opdpipe.distributed.launch (torchrun)")
     torch.set_num_threads(cfg["threads"])
     out = Path(spec.out_dir)
     (out / WORK).mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    state = build_state(spec, cfg, out, log)
+    state = build_state(spec, cfg, out, log, ctx)
     vocab = state.student.config.vocab_size
     metrics_path = out / WORK / "metrics.jsonl"
-    _restore_metrics(metrics_path, state.step)
-    if state.step == 0:
+    if ctx.is_main:  # only rank 0 writes metrics, checkpoints, the final model and the summary
+        _restore_metrics(metrics_path, state.step)
+    if state.step == 0 and ctx.is_main:
         metrics_path.unlink(missing_ok=True)
         val_acc = _validate(state, cfg)
         _emit(metrics_path, 0, {"val/greedy_acc": val_acc}, callbacks)
-    bar = tqdm(total=cfg["steps"], initial=state.step, disable=not progress, desc=f"{spec.divergence}/{spec.design}")
+    bar = tqdm(total=cfg["steps"], initial=state.step, disable=not (progress and ctx.is_main),
+               desc=f"{spec.divergence}/{spec.design}")
     totals = {"time/rollout_s": 0.0, "time/teacher_s": 0.0, "time/update_s": 0.0}
     while state.step < cfg["steps"]:
         metrics = train_step(state, cfg)
         state.step += 1
         for k in totals:
             totals[k] += metrics[k]
-        if state.step % cfg["eval_every"] == 0 or state.step == cfg["steps"]:
-            metrics["val/greedy_acc"] = _validate(state, cfg)
-        if cfg["bias_every"] and state.step % cfg["bias_every"] == 0:
-            metrics.update(_bias(state, spec, cfg, vocab))
-        _emit(metrics_path, state.step, metrics, callbacks)
+        if ctx.is_main:
+            _record(state, spec, cfg, vocab, metrics, metrics_path, callbacks)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", val=metrics.get("val/greedy_acc", ""))
         bar.update(1)
         if cfg["checkpoint_every"] and state.step % cfg["checkpoint_every"] == 0 and state.step < cfg["steps"]:
             save_training_checkpoint(state, out)
     bar.close()
+    if not ctx.is_main:
+        return {}
     save_checkpoint(state.student, state.tok, out / "final")
     rows = read_jsonl(metrics_path)
     atomic_write_text(out / "metrics.jsonl", metrics_path.read_text())
@@ -303,6 +337,15 @@ def run(spec: RunSpec, callbacks: tuple[Callable[[int, dict], None], ...] = (), 
     atomic_write_json(out / "summary.json", summary)
     shutil.rmtree(out / WORK, ignore_errors=True)  # the final checkpoint supersedes it
     return summary
+
+
+def _record(state: RunState, spec: RunSpec, cfg: dict, vocab: int, metrics: dict, path: Path, callbacks) -> None:
+    """Rank 0, after each step: validation and bias meter when due, then the metrics line and callbacks."""
+    if state.step % cfg["eval_every"] == 0 or state.step == cfg["steps"]:
+        metrics["val/greedy_acc"] = _validate(state, cfg)
+    if cfg["bias_every"] and state.step % cfg["bias_every"] == 0:
+        metrics.update(_bias(state, spec, cfg, vocab))
+    _emit(path, state.step, metrics, callbacks)
 
 
 def _validate(state: RunState, cfg: dict) -> float:

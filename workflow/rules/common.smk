@@ -3,6 +3,7 @@ import os
 import json
 import sys
 
+from opdpipe import resources as cluster
 from opdpipe.config import opd_hparams, teacher_config, variants
 
 STUDY = config["study"]
@@ -20,7 +21,24 @@ def run_dir(w):
 
 def hparams(w):
     """One variant's trainer hyperparameters: changing them re-runs exactly that variant."""
-    return opd_hparams(config, w.task, w.variant)
+    hp = opd_hparams(config, w.task, w.variant)
+    world = train_world_size(w)
+    return hp if world == 1 else {**hp, "world_size": world}
+
+
+def train_world_size(w):
+    """Data-parallel ranks of one training run (opd.world_size, or one per GPU)."""
+    return cluster.world_size(config, opd_hparams(config, w.task, w.variant))
+
+
+def train_threads(w):
+    """Cores of one training job: the study's torch threads for each of its ranks."""
+    return config["threads"] * train_world_size(w)
+
+
+def stage_resources(stage):
+    """What a stage's jobs ask a cluster for (config `resources:`): gpu, mem_mb, runtime, cpus_per_task."""
+    return cluster.snakemake_resources(config, stage)
 
 
 VARIANT_TABLE = {vid: {"divergence": v["divergence"], "design": v["design"]} for vid, v in variants(config).items()}

@@ -10,6 +10,8 @@ rule prepare_data:
     params:
         spec=lambda w: config["tasks"][w.task],
         seed=config["seed"],
+    resources:
+        **stage_resources("data"),
     conda:
         "../envs/opdpipe.yaml"
     log:
@@ -21,6 +23,8 @@ rule prepare_data:
 rule tokenizer:
     output:
         f"{RESULTS}/tokenizer/tokenizer.json",
+    resources:
+        **stage_resources("data"),
     conda:
         "../envs/opdpipe.yaml"
     log:

@@ -15,6 +15,8 @@ rule evaluate_variant:
         seeds=SEEDS,
         labels=lambda w: [f"{w.variant}/seed{s}" for s in SEEDS],
     threads: config["threads"]
+    resources:
+        **stage_resources("evaluate"),
     conda:
         "../envs/opdpipe.yaml"
     log:
@@ -37,6 +39,8 @@ rule evaluate_reference:
         seeds=[config["seed"]],
         labels=lambda w: [w.ref],
     threads: config["threads"]
+    resources:
+        **stage_resources("evaluate"),
     conda:
         "../envs/opdpipe.yaml"
     log:

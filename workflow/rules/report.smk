@@ -16,6 +16,8 @@ rule report:
     params:
         results=lambda w, input: os.path.dirname(os.path.dirname(input.runs[0])),
         variants=VARIANT_TABLE,
+    resources:
+        **stage_resources("report"),
     conda:
         "../envs/opdpipe.yaml"
     log:

@@ -15,6 +15,8 @@ rule teacher:
         seed=config["seed"],
     threads: config["threads"]
     priority: 3
+    resources:
+        **stage_resources("teacher"),
     conda:
         "../envs/opdpipe.yaml"
     log:
@@ -37,6 +39,8 @@ rule sft_init:
         seed=config["seed"],
     threads: config["threads"]
     priority: 2
+    resources:
+        **stage_resources("sft_init"),
     conda:
         "../envs/opdpipe.yaml"
     log:

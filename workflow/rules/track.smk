@@ -11,6 +11,8 @@ rule tracking_store:
         uri=TRACKING_URI,
         study=STUDY,
         artifacts=f"{RESULTS}/mlartifacts",
+    resources:
+        **stage_resources("track"),
     conda:
         "../envs/opdpipe.yaml"
     log:
@@ -29,6 +31,8 @@ rule track:
         uri=TRACKING_URI,
         variants=VARIANT_TABLE,
         hparams={f"{t}/{v}": opd_hparams(config, t, v) for t in TASKS for v in VARIANTS},
+    resources:
+        **stage_resources("track"),
     conda:
         "../envs/opdpipe.yaml"
     log:

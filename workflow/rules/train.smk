@@ -1,4 +1,5 @@
-# Stage 3: one OPD / OPD+ training run per task x variant x seed.
+# Stage 3: one OPD / OPD+ training run per task x variant x seed. With more than one rank
+# (opd.world_size, or resources.train.gpus > 1) the job launches torchrun: data-parallel training.
 
 
 rule train:
@@ -16,8 +17,10 @@ rule train:
         hparams=hparams,
         run_dir=run_dir,
         tracking_uri=TRACKING_URI,
-    threads: config["threads"]
+    threads: train_threads
     priority: 1
+    resources:
+        **stage_resources("train"),
     conda:
         "../envs/opdpipe.yaml"
     log:

@@ -1,6 +1,7 @@
 # Two entry points, both idempotent (the environment is re-used once built):
 #   make reproduce   set up, then run the whole study on the embedded default
 #   make test        set up, then run the test suite (unit tests + the smoke DAG)
+#   make test-cluster  (root) the smoke study on a one-node SLURM cluster, compared with make test's run
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,10 @@ CORES ?= all
 SMK := $(VENV)/bin/snakemake --cores $(CORES) --configfile $(CONFIG) --rerun-incomplete
 STUDY = $(shell $(PY) -c "import yaml; print(yaml.safe_load(open('$(CONFIG)'))['study'])")
 
-.PHONY: setup test reproduce variant mlflow-ui dry-run lint
+# make test keeps its local smoke run here; make test-cluster compares the SLURM run with it
+SMOKE_DIR := $(CURDIR)/.cache/smoke-local
+
+.PHONY: setup test test-cluster reproduce variant mlflow-ui dry-run lint
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +25,15 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q
+	rm -rf $(SMOKE_DIR)
+	OPDPIPE_SMOKE_DIR=$(SMOKE_DIR) $(PY) -m pytest -q
+
+# Starts cluster/local_slurm.sh (installing slurm-wlm, slurmdbd, munge, mariadb once), runs the smoke
+# study through profiles/slurm, stops the cluster again (KEEP_CLUSTER=1 leaves it running).
+test-cluster: setup
+	cluster/local_slurm.sh start
+	OPDPIPE_SMOKE_DIR=$(SMOKE_DIR) $(PY) -m pytest -q -s -m cluster tests/test_cluster.py; rc=$$?; \
+	  [ -n "$(KEEP_CLUSTER)" ] || cluster/local_slurm.sh stop; exit $$rc
 
 reproduce: setup
 	$(SMK)

@@ -58,6 +58,8 @@ SchedulerType=sched/backfill
 # accounting through slurmdbd, so that sacct lists every job
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
+# sacct shows each job's comment: the executor writes the rule and wildcards there
+AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
 # keep finished jobs visible to squeue for a while (the executor may poll either tool)
 MinJobAge=600

@@ -42,7 +42,9 @@ def world_size(cfg: dict, hparams: dict) -> int:
 
 def check_world(world: int, hparams: dict, where: str) -> None:
     """Every rank takes the same share of the step's prompts and the same number of minibatches."""
-    from opdpipe.trainer import DEFAULTS
+    if world == 1:
+        return
+    from opdpipe.trainer import DEFAULTS  # imports torch and transformers: only for runs with several ranks
 
     hp = {**DEFAULTS, **hparams}
     prompts = hp["prompts_per_step"]

@@ -3,6 +3,7 @@
 Runs `snakemake` as a user would, in a scratch directory, with configs/smoke.yaml (minutes).
 """
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -25,8 +26,10 @@ def _smk(workdir: Path, *args: str, config: str = "configs/smoke.yaml") -> subpr
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    work = tmp_path_factory.mktemp("smoke")
-    shutil.copytree(ROOT / "configs", work / "configs")
+    # OPDPIPE_SMOKE_DIR keeps the run for `make test-cluster` to compare against (make test empties it first)
+    kept = os.environ.get("OPDPIPE_SMOKE_DIR")
+    work = Path(kept) if kept else tmp_path_factory.mktemp("smoke")
+    shutil.copytree(ROOT / "configs", work / "configs", dirs_exist_ok=True)
     r = _smk(work, "--cores", "2")
     assert r.returncode == 0, r.stderr[-4000:]
     return work
@@ -86,6 +89,23 @@ def test_complete_study_schedules_nothing_and_one_edit_reruns_one_variant(smoke)
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert counts == {"train": 4, "evaluate_variant": 2, "track": 1, "report": 1, "all": 1, "total": 9}, out
+
+
+def test_a_two_rank_training_run_completes_in_the_dag(smoke):
+    """opd.world_size = 2: the train job launches torchrun with 2 gloo ranks; rank 0 writes the outputs."""
+    cfg = yaml.safe_load((smoke / "configs" / "smoke.yaml").read_text())
+    cfg["variants"].append({"divergence": "reverse_kl", "design": "opd_plus", "name": "reverse_kl-opd_plus-ddp2",
+                            "opd": {"world_size": 2}})
+    (smoke / "configs" / "ddp.yaml").write_text(yaml.safe_dump(cfg))
+    run = Path("results/smoke/math/reverse_kl-opd_plus-ddp2/seed0")
+    r = _smk(smoke, "--cores", "2", str(run / "summary.json"), config="configs/ddp.yaml")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    summary = json.loads((smoke / run / "summary.json").read_text())
+    assert summary["config"]["world_size"] == 2 and summary["steps"] == 4
+    assert [m["step"] for m in map(json.loads, (smoke / run / "metrics.jsonl").read_text().splitlines())] == \
+        [0, 1, 2, 3, 4]  # rank 0 alone wrote each step once
+    log = (smoke / "results/smoke/logs/train/math/reverse_kl-opd_plus-ddp2/seed0.log").read_text()
+    assert "--nproc_per_node 2" in log and not (smoke / run / "work").exists()
 
 
 def test_malformed_config_starts_no_job(smoke):

@@ -111,7 +111,7 @@ start() {
   running slurmdbd || slurmdbd
   wait_for 30 slurmdbd sacctmgr -n list cluster
   sacctmgr -i -n list cluster format=cluster | grep -qw "$CLUSTER" || sacctmgr -i add cluster "$CLUSTER" > /dev/null
-  running slurmctld || slurmctld
+  if running slurmctld; then scontrol reconfigure; else slurmctld; fi  # a running one rereads the config
   wait_for 30 slurmctld scontrol ping
   running slurmd || slurmd
   wait_for 60 "node $HOST" bash -c "sinfo -h -N -o %T | grep -qE '^(idle|mixed|allocated)'"
@@ -140,7 +140,7 @@ status() {
   done
   running slurmctld || return 0
   sinfo -N -o "%N %T %c CPUs %m MB"
-  running slurmdbd && sacct -a -X -n -S now-1days -o JobID,JobName%40,State,Elapsed | tail -n 20 || true
+  running slurmdbd && sacct -a -X -n -S now-1days -o JobID,Comment%60,State,AllocCPUS,Elapsed | tail -n 20 || true
 }
 
 case "${1:-}" in

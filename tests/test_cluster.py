@@ -95,22 +95,27 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _outputs(a: Path, rel: str, name: str) -> list[Path]:
+    """The workflow's own outputs called `name` (not MLflow's copies under mlartifacts/)."""
+    return sorted(p for p in (a / rel).rglob(name) if "mlartifacts" not in p.parts)
+
+
 def _same_results(a: Path, b: Path, rel: str) -> int:
     """Compare one study folder's results in two work dirs; return how many files were compared."""
     n = 0
-    for ev in sorted((a / rel).rglob("eval.json")):
+    for ev in _outputs(a, rel, "eval.json"):
         mine, theirs = json.loads(ev.read_text()), json.loads((b / ev.relative_to(a)).read_text())
         for k in ("greedy_acc", "avg_at_k", "pass_at_k", "avg_at_k_stderr"):
             assert mine[k] == theirs[k], (ev, k)
         assert [s["samples"] for s in mine["samples"]] == [s["samples"] for s in theirs["samples"]], ev
         n += 1
-    for sm in sorted((a / rel).rglob("summary.json")):
+    for sm in _outputs(a, rel, "summary.json"):
         mine, theirs = json.loads(sm.read_text()), json.loads((b / sm.relative_to(a)).read_text())
         untimed = [{k: v for k, v in s["final"].items() if not k.startswith(("time/", "tokens_per_s"))}
                    for s in (mine, theirs)]
         assert untimed[0] == untimed[1] and mine["val_greedy_acc"] == theirs["val_greedy_acc"], sm
         n += 1
-    for w in sorted((a / rel).rglob("model.safetensors")):
+    for w in _outputs(a, rel, "model.safetensors"):
         assert _sha(w) == _sha(b / w.relative_to(a)), w
         n += 1
     return n

@@ -10,6 +10,8 @@ or one rank per GPU when `resources.train.gpus > 1`.
 """
 from __future__ import annotations
 
+from opdpipe.hparams import DEFAULTS
+
 STAGES = ("data", "teacher", "sft_init", "train", "evaluate", "track", "report")
 
 
@@ -35,8 +37,8 @@ def world_size(cfg: dict, hparams: dict) -> int:
     gpus = stage_resources(cfg, "train")["gpus"]
     asked = hparams.get("world_size", 1)
     if gpus > 1 and asked not in (1, gpus):
-        raise ValueError(f"opd.world_size = {asked} but resources.train.gpus = {gpus}: a run has one rank per "
-                         f"GPU; drop opd.world_size or set it to {gpus}")
+        raise ValueError(f"opd.world_size = {asked}: resources.train.gpus = {gpus} asks for one rank per GPU; "
+                         f"allowed: leave opd.world_size out or set it to {gpus}")
     return gpus if gpus > 1 else asked
 
 
@@ -44,14 +46,12 @@ def check_world(world: int, hparams: dict, where: str) -> None:
     """Every rank takes the same share of the step's prompts and the same number of minibatches."""
     if world == 1:
         return
-    from opdpipe.trainer import DEFAULTS  # imports torch and transformers: only for runs with several ranks
-
     hp = {**DEFAULTS, **hparams}
     prompts = hp["prompts_per_step"]
     rollouts = prompts // world * hp["group_size"]
     if prompts % world:
-        raise ValueError(f"{where}: opd.prompts_per_step = {prompts} must be divisible by the world size {world} "
+        raise ValueError(f"opd.prompts_per_step = {prompts} ({where}): must be divisible by the world size {world} "
                          "(each rank samples an equal share of the step's prompts)")
     if rollouts % hp["num_substeps"]:
-        raise ValueError(f"{where}: opd.num_substeps = {hp['num_substeps']} must divide each rank's "
+        raise ValueError(f"opd.num_substeps = {hp['num_substeps']} ({where}): must divide each rank's "
                          f"{rollouts} rollouts (world size {world})")

@@ -24,7 +24,7 @@ def _spec(world, out, **hp):
 def _global_batch(world, out, hp):
     """One process: draw the step's prompts and their rollouts (what both set-ups learn from)."""
     spec = _spec(world, out, **hp)
-    state = build_state(spec, validate(spec), out, log=lambda m: None)
+    state = build_state(spec, validate(spec), None, log=lambda m: None)
     idx = torch.randint(len(state.train), (HP["prompts_per_step"],), generator=state.gen).tolist()
     prompts = [state.train[i] for i in idx]
     s_ctx = _contexts(state.tok, prompts, "prompt", HP["group_size"])
@@ -53,7 +53,7 @@ def _rank(rank, world_size, port, world, out, hp, batch_file):
     out.mkdir(exist_ok=True)
     ctx = distributed.context()
     spec = _spec(world, out, world_size=world_size, **hp)
-    state = build_state(spec, validate(spec), out, log=lambda m: None, ctx=ctx)
+    state = build_state(spec, validate(spec), None, log=lambda m: None, ctx=ctx)
     prompts, roll = _share(*torch.load(batch_file, weights_only=False), rank, world_size)
     metrics = learn(state, spec.cfg(), prompts, roll)
     if ctx.is_main:
@@ -70,7 +70,7 @@ def test_two_gloo_ranks_take_the_same_step_as_one_process(tiny_world, tmp_path, 
     assert roll.mask.sum(-1).unique().numel() > 1  # unequal lengths: the global token count matters
     torch.save((prompts, roll), tmp_path / "batch.pt")
     spec = _spec(tiny_world, tmp_path / "one", **hp)
-    state = build_state(spec, validate(spec), tmp_path / "one", log=lambda m: None)
+    state = build_state(spec, validate(spec), None, log=lambda m: None)
     before = {k: v.clone() for k, v in state.student.state_dict().items()}
     one = learn(state, spec.cfg(), prompts, roll)
     mp.spawn(_rank, args=(2, _free_port(), tiny_world, tmp_path / "two", hp, tmp_path / "batch.pt"), nprocs=2)
@@ -94,5 +94,32 @@ def test_world_size_must_match_the_launch(tiny_world, tmp_path):
     with pytest.raises(ValueError, match="opd.world_size = 2 but this process is one of 1 rank"):
         from opdpipe.trainer import run
         run(_spec(tiny_world, tmp_path, world_size=2), progress=False)
-    with pytest.raises(ValueError, match="prompts_per_step = 4 must be divisible by the world size 3"):
+    with pytest.raises(ValueError, match=r"prompts_per_step = 4 \(this run\): must be divisible by the world size 3"):
         validate(replace(_spec(tiny_world, tmp_path), hparams={**HP, "world_size": 3}))
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: c["opd"].update(world_size=3), r"opd.prompts_per_step = 4 \(variants.0 .*world size 3"),
+    (lambda c: c.update(resources={"train": {"gpus": 4}}) or c["opd"].update(world_size=2),
+     r"opd.world_size = 2: resources.train.gpus = 4 asks for one rank per GPU"),
+])
+def test_bad_world_sizes_fail_config_validation(edit, match):
+    from opdpipe.config import ConfigError, load_yaml
+    from opdpipe.config import validate as validate_config
+    from test_packaging import ROOT
+
+    cfg = load_yaml(ROOT / "configs" / "smoke.yaml")
+    edit(cfg)
+    with pytest.raises(ConfigError, match=match):
+        validate_config(cfg)
+
+
+def test_gpus_give_the_train_rule_one_rank_per_gpu():
+    from opdpipe import resources
+    from opdpipe.config import load
+    from test_packaging import ROOT
+
+    cfg = load(ROOT / "configs" / "paper.yaml")
+    assert resources.world_size(cfg, {}) == 8
+    assert resources.snakemake_resources(cfg, "train") == {"gpu": 8, "mem_mb": 512000, "runtime": 1440}
+    assert resources.snakemake_resources(cfg, "data")["gpu"] == 0

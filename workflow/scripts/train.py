@@ -2,18 +2,17 @@ from pathlib import Path
 
 from _log import redirect, say
 from opdpipe import distributed, tracking, trainer
+from opdpipe.layout import Layout, default_tracking_uri
 
 redirect(snakemake.log[0])
-w = snakemake.wildcards
-hp = snakemake.params.hparams
-world = hp.get("world_size", 1)  # > 1: data-parallel ranks through torchrun, each with its share of the threads
-spec = trainer.RunSpec(task=w.task, divergence=snakemake.params.variant["divergence"],
-                       design=snakemake.params.variant["design"], seed=int(w.seed),
+w, p = snakemake.wildcards, snakemake.params
+world = p.hparams.get("world_size", 1)  # > 1: data-parallel ranks through torchrun, each with its share of threads
+spec = trainer.RunSpec(task=w.task, divergence=p.variant["divergence"], design=p.variant["design"], seed=int(w.seed),
                        student=snakemake.input.student, teacher=snakemake.input.teacher,
-                       data_dir=str(Path(snakemake.input.data).parent), out_dir=snakemake.params.run_dir,
-                       hparams={**hp, "threads": max(1, snakemake.threads // world)})
-run = {"uri": snakemake.params.tracking_uri, "study": snakemake.config["study"], "task": w.task,
-       "variant": w.variant, "seed": int(w.seed)}
+                       data_dir=str(Path(snakemake.input.data).parent), out_dir=p.run_dir,
+                       hparams={**p.hparams, "threads": max(1, snakemake.threads // world)})
+uri = p.tracking_uri or default_tracking_uri(Layout(p.results))
+run = {"uri": uri, "study": p.study, "task": w.task, "variant": w.variant, "seed": int(w.seed)}
 if world > 1:
     distributed.launch(spec, world, tracking=run, log=say)
 else:

@@ -138,3 +138,17 @@ def test_a_two_rank_training_job_runs_torchrun_inside_one_sbatch_job(slurm_run, 
     assert summary["config"]["world_size"] == 2 and summary["steps"] == 4
     if (local_run / DDP_SUMMARY).exists():  # `make test` trained the same 2-rank run locally
         assert _same_results(work, local_run, str(Path(DDP_SUMMARY).parent)) == 2  # summary, weights
+
+
+def test_the_paper_config_asks_for_gpus_on_the_gpu_rules(tmp_path):
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    r = _smk(tmp_path, "--profile", PROFILE, "-n", config="configs/paper.yaml")
+    text = r.stdout + r.stderr
+    assert r.returncode == 0, text[-3000:]
+    gpus = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
+        m, res = re.match(r"(?:local)?rule (\w+):", block), re.search(r"resources: .*?gpu=(\d+)", block)
+        if m and res:
+            gpus.setdefault(m.group(1), set()).add(int(res.group(1)))
+    assert gpus == {"prepare_data": {0}, "tokenizer": {0}, "tracking_store": {0}, "teacher": {1}, "sft_init": {1},
+                    "train": {8}, "evaluate_reference": {1}, "evaluate_variant": {1}, "track": {0}, "report": {0}}

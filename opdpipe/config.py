@@ -12,7 +12,7 @@ import jsonschema
 import yaml
 
 from opdpipe.advantages import ADVANTAGES
-from opdpipe.data import check_sizes
+from opdpipe.data import check_spec
 from opdpipe.divergences import DIVERGENCES
 from opdpipe.tasks import TASKS
 
@@ -56,7 +56,7 @@ def validate(config: dict) -> dict:
         if task not in TASKS:
             raise ConfigError(f"config error at tasks.{task}: unknown task; allowed: {', '.join(TASKS.names())}")
         try:
-            check_sizes(task, spec)
+            check_spec(task, spec)  # sizes, data source, grader, benchmarks
         except ValueError as err:
             raise ConfigError(f"config error: {err}") from None
     for role in ("teacher", "student"):

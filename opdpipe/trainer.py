@@ -31,6 +31,7 @@ from opdpipe.provenance import atomic_dir, atomic_write_json, atomic_write_text,
 from opdpipe.scoring import sequence_logprobs, teacher_logprobs
 from opdpipe.sft import lr_lambda
 from opdpipe.tasks import get_task
+from opdpipe.tasks.graders import scorer_for
 from opdpipe.tokenizer import load_tokenizer
 
 # ---------------------------------------------------------------- defaults (the paper's recipe)
@@ -239,7 +240,7 @@ def build_state(spec: RunSpec, cfg: dict, out: Path, log) -> RunState:
     gen = torch.Generator().manual_seed(spec.seed)
     train = read_jsonl(Path(spec.data_dir) / "train.jsonl")
     val = read_jsonl(Path(spec.data_dir) / "validation.jsonl")[:cfg["eval_size"]]
-    state = RunState(student, teacher, tok, opt, sched, gen, train, val, get_task(spec.task).score,
+    state = RunState(student, teacher, tok, opt, sched, gen, train, val, scorer_for(spec.task, train + val),
                      get_divergence(spec.divergence), get_design(spec.design))
     if resume is not None:
         ts = torch.load(resume / "trainer_state.pt", weights_only=False)

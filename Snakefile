@@ -15,6 +15,7 @@ wildcard_constraints:
     variant="|".join(v.replace("+", r"\+").replace(".", r"\.") for v in VARIANTS),
     seed=r"\d+",
     ref="teacher|sft_init",
+    bench="|".join(BENCHMARKS.fixed_names()),
 
 
 include: "workflow/rules/data.smk"

@@ -118,6 +118,23 @@ def formulas_table(names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def benchmark_table(results: Path, cfg: dict, variants: dict[str, dict], seeds: list[int]) -> pd.DataFrame:
+    """Rows teacher, SFT-init, variants; per task x benchmark avg@k mean ± 95% CI over seeds and greedy."""
+    cols = [(t, b) for t in cfg["tasks"] for b in sorted(cfg["tasks"][t].get("benchmarks") or {})]
+    rows = []
+    for vid in ["teacher", "sft_init", *variants]:
+        row = {"variant": vid}
+        for task, bench in cols:
+            runs = [Path(task, vid)] if vid in ("teacher", "sft_init") else [Path(task, vid, f"seed{s}") for s in seeds]
+            evs = [json.loads((results / r / "bench" / bench / "eval.json").read_text()) for r in runs]
+            m, h = (evs[0]["avg_at_k"], 1.96 * evs[0]["avg_at_k_stderr"]) if vid in ("teacher", "sft_init") else \
+                mean_ci([e["avg_at_k"] for e in evs])  # as in the main table
+            row[f"{bench} avg@{evs[0]['k']}"] = _fmt(m, h)
+            row[f"{bench} greedy"] = f"{100 * sum(e['greedy_acc'] for e in evs) / len(evs):.1f}"
+        rows.append(row)
+    return pd.DataFrame(rows) if cols else pd.DataFrame()
+
+
 def stage_times(results: Path) -> pd.DataFrame:
     rows = []
     for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
@@ -137,6 +154,7 @@ def run(cfg: dict, results: str | Path, variants: dict[str, dict], out_dir: str 
     tasks, seeds = list(cfg["tasks"]), cfg["seeds"]
     df = collect(results, tasks, variants, seeds)
     table, collapsed = main_table(df, tasks)
+    bench = benchmark_table(results, cfg, variants, seeds)
     figs = {  # name: (metric, y label, title, smoothing window in steps)
         "curves": ("val/greedy_acc", "greedy accuracy (validation)", "training curves (OPD+ solid, OPD dashed)", 1),
         "sampled": ("rollout/acc", "accuracy of the rollouts (T = 1)", "sampled accuracy, 10-step mean", 10),
@@ -156,6 +174,8 @@ def run(cfg: dict, results: str | Path, variants: dict[str, dict], out_dir: str 
         (f"Main results (avg@{k} %, mean ± 95% CI over {len(seeds)} seed(s); greedy %)", table,
          "Teacher and SFT-init rows: one evaluation, interval ±1.96 stderr. A variant whose mean avg@k falls "
          "below the SFT-init row is flagged (collapsed)."),
+        *([("Math benchmarks (avg@k %, mean ± 95% CI over seeds; greedy %; graded by math-verify)", bench, "")]
+          if len(bench) else []),
         ("Training curves", ["curves", "sampled"],
          "Validation greedy accuracy vs step, and the accuracy of the training rollouts sampled at "
          "temperature 1 (the quantity avg@k measures), mean over seeds."),

@@ -88,6 +88,27 @@ def test_complete_study_schedules_nothing_and_one_edit_reruns_one_variant(smoke)
     assert counts == {"train": 4, "evaluate_variant": 2, "track": 1, "report": 1, "all": 1, "total": 9}, out
 
 
+def test_a_math_benchmark_joins_the_study_without_rerunning_it(smoke):
+    """Adding AIME24 (a fixture in its hub columns) schedules its data, lm-eval jobs and the report only,
+    and the report gains its table."""
+    cfg = yaml.safe_load((smoke / "configs" / "smoke.yaml").read_text())
+    cfg["tasks"]["math"]["benchmarks"] = {"aime24": {"path": str(ROOT / "tests" / "fixtures" / "aime24_sample.jsonl")}}
+    (smoke / "configs" / "bench.yaml").write_text(yaml.safe_dump(cfg))
+    r = _smk(smoke, "-n", "--cores", "2", "--quiet", "rules", config="configs/bench.yaml")
+    out = r.stdout + r.stderr
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts == {"prepare_benchmark": 1, "evaluate_benchmark_variant": 3, "evaluate_benchmark_reference": 2,
+                      "report": 1, "all": 1, "total": 8}, out
+    r = _smk(smoke, "--cores", "2", config="configs/bench.yaml")
+    assert r.returncode == 0, r.stderr[-4000:]
+    res = smoke / "results" / "smoke"
+    ev = json.loads((res / "math" / "forward_kl-opd" / "seed1" / "bench" / "aime24" / "eval.json").read_text())
+    assert ev["n_samples"] == 3 and ev["lm_eval_tasks"] == ["opd_aime24_greedy", "opd_aime24_avg2"]
+    md = (res / "report" / "report.md").read_text()
+    assert "## Math benchmarks" in md and "aime24 avg@2" in md and "| reverse_kl-opd_plus " in md
+
+
 def test_malformed_config_starts_no_job(smoke):
     cfg = yaml.safe_load((smoke / "configs" / "smoke.yaml").read_text())
     cfg["variants"][0]["divergence"] = "kl"

@@ -1,4 +1,4 @@
-# Stage 1: data preparation and the shared tokenizer.
+# Stage 1: data preparation (training data and the math benchmarks) and the shared tokenizer.
 
 
 rule prepare_data:
@@ -8,7 +8,7 @@ rule prepare_data:
         test=f"{RESULTS}/data/{{task}}/test.jsonl",
         manifest=f"{RESULTS}/data/{{task}}/manifest.json",
     params:
-        spec=lambda w: config["tasks"][w.task],
+        spec=data_spec,
         seed=config["seed"],
     conda:
         "../envs/opdpipe.yaml"
@@ -16,6 +16,21 @@ rule prepare_data:
         f"{RESULTS}/logs/prepare_data/{{task}}.log",
     script:
         "../scripts/prepare_data.py"
+
+
+rule prepare_benchmark:
+    output:
+        test=f"{RESULTS}/data/{{task}}/bench/{{bench}}/test.jsonl",
+        manifest=f"{RESULTS}/data/{{task}}/bench/{{bench}}/manifest.json",
+    params:
+        source=benchmark_source,
+        grader=BENCHMARK_GRADER,
+    conda:
+        "../envs/opdpipe.yaml"
+    log:
+        f"{RESULTS}/logs/prepare_benchmark/{{task}}/{{bench}}.log",
+    script:
+        "../scripts/prepare_benchmark.py"
 
 
 rule tokenizer:

@@ -45,3 +45,49 @@ rule evaluate_reference:
         f"{RESULTS}/benchmarks/evaluate/{{task}}/{{ref}}.tsv"
     script:
         "../scripts/evaluate.py"
+
+
+# The math benchmarks (AIME24, AIME25, HMMT25) of tasks that name them: the same lm-eval templates,
+# no newline stop, graded by math-verify. One file per checkpoint and benchmark.
+rule evaluate_benchmark_variant:
+    input:
+        checkpoints=variant_checkpoints,
+        test=rules.prepare_benchmark.output.test,
+    output:
+        [f"{RESULTS}/{{task}}/{{variant}}/seed{s}/bench/{{bench}}/eval.json" for s in SEEDS],
+    params:
+        eval=config["eval"],
+        max_gen_toks=task_max_new_tokens,
+        seeds=SEEDS,
+        labels=variant_labels,
+    threads: config["threads"]
+    conda:
+        "../envs/opdpipe.yaml"
+    log:
+        f"{RESULTS}/logs/evaluate_benchmark/{{task}}/{{variant}}/{{bench}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_benchmark/{{task}}/{{variant}}/{{bench}}.tsv"
+    script:
+        "../scripts/evaluate_benchmark.py"
+
+
+rule evaluate_benchmark_reference:
+    input:
+        checkpoints=reference_checkpoints,
+        test=rules.prepare_benchmark.output.test,
+    output:
+        f"{RESULTS}/{{task}}/{{ref}}/bench/{{bench}}/eval.json",
+    params:
+        eval=config["eval"],
+        max_gen_toks=task_max_new_tokens,
+        seeds=[config["seed"]],
+        labels=reference_label,
+    threads: config["threads"]
+    conda:
+        "../envs/opdpipe.yaml"
+    log:
+        f"{RESULTS}/logs/evaluate_benchmark/{{task}}/{{ref}}/{{bench}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_benchmark/{{task}}/{{ref}}/{{bench}}.tsv"
+    script:
+        "../scripts/evaluate_benchmark.py"

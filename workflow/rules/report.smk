@@ -5,6 +5,7 @@ rule report:
     input:
         runs=rules.track.output,
         evals=all_evals(),
+        bench=all_benchmark_evals(),
         summaries=[f"{d}/summary.json" for d in all_run_dirs()],
     output:
         md=f"{RESULTS}/report/report.md",

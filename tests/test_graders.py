@@ -108,3 +108,27 @@ def test_real_sources_stamp_their_grader_and_synthetic_files_stay_unchanged(tmp_
     assert "grader" not in (tmp_path / "m" / "test.jsonl").read_text()
     data.run("math", {**synth, "grader": "math_verify"}, 0, tmp_path / "mv")
     assert all(json.loads(x)["grader"] == "math_verify" for x in (tmp_path / "mv" / "test.jsonl").read_text().splitlines())
+
+
+def test_math_verify_agrees_with_the_embedded_scorer_on_default_style_responses():
+    """What the README states: on the default study's math test split, each reference, every truncation
+    of it, a response with one wrong step and a few run-ons are judged alike by both graders."""
+    import random
+
+    import yaml
+
+    from opdpipe.data import make_splits
+
+    spec = yaml.safe_load((Path(__file__).parents[1] / "configs" / "default.yaml").read_text())["tasks"]["math"]
+    test = make_splits("math", {**spec, "sizes": {**spec["sizes"], "train": 1}}, 0)["test"]
+    task, rng, responses = get_task("math"), random.Random(0), []
+    for e in test:
+        t = e["target"]
+        responses += [(t[:cut], e["answer"]) for cut in range(1, len(t) + 1)]
+        responses += [(x, e["answer"]) for x in (t + "\nAnn has 3 pens", t.replace("#### ", "####"), t + "0")]
+        if segments := task.with_error(e, rng):
+            responses.append(("".join(text for text, _ in segments), e["answer"]))
+    exact, mv = get_grader("math_exact"), get_grader("math_verify")
+    differ = [(r, a) for r, a in responses if exact(r, a) != mv(r, a)]
+    assert len(responses) > 3000 and not differ, differ[:5]
+    assert 0 < sum(exact(r, a) for r, a in responses) < len(responses)  # both outcomes occur

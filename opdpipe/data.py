@@ -90,7 +90,7 @@ def run(task: str, spec: dict, seed: int, out_dir: str | Path) -> dict:
     if grader:
         splits = {s: [{**r, "grader": grader} for r in rows] for s, rows in splits.items()}
     manifest = {"task": task, "spec": spec, "generator_version": GENERATOR_VERSION, "splits": {},
-                **provenance({"task": task, "spec": spec}, seed)}
+                **({"grader": grader} if grader else {}), **provenance({"task": task, "spec": spec}, seed)}
     for split, rows in splits.items():
         path = out_dir / f"{split}.jsonl"
         atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))

@@ -132,3 +132,30 @@ def test_math_verify_agrees_with_the_embedded_scorer_on_default_style_responses(
     differ = [(r, a) for r, a in responses if exact(r, a) != mv(r, a)]
     assert len(responses) > 3000 and not differ, differ[:5]
     assert 0 < sum(exact(r, a) for r, a in responses) < len(responses)  # both outcomes occur
+
+
+def test_opd_trains_on_toolalpaca_records_graded_by_tool_call(tiny_world, tmp_path):
+    """ToolAlpaca records (the real format) go through the adapter and the data stage into an OPD run
+    whose rollout and validation accuracy use the records' tool_call grader."""
+    from opdpipe import data
+    from opdpipe.tasks.graders import tool_call_score
+    from opdpipe.trainer import RunSpec, run
+
+    api = json.loads((FIXTURES / "toolalpaca_sample.json").read_text())[0]
+    cities = ["Oslo", "Rome", "Lima", "Bern", "Riga", "Doha", "Faro", "Graz", "Pune", "Nice", "Cork", "Bonn"]
+    api["Instances"] = [{"input": f"Forecast for {c} for {d} days?", "output": "ok", "Final Thought": "done",
+                         "intermediate_steps": [[["getForecast", json.dumps({"city": c, "days": d}), "t"], "{}"]]}
+                        for c in cities for d in (2, 3)]
+    (tmp_path / "train_data.json").write_text(json.dumps([api]))
+    spec = {"source": "toolalpaca", "path": str(tmp_path / "train_data.json"),
+            "sizes": {"train": 16, "validation": 4, "test": 4}}
+    data.run("tooluse", spec, 0, tmp_path / "data")
+    train = data.read_jsonl(tmp_path / "data" / "train.jsonl")
+    assert len(train) == 16 and scorer_for("tooluse", train) is tool_call_score
+    hp = {"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 8, "eval_every": 1, "eval_size": 4,
+          "bias_every": 0, "checkpoint_every": 0}
+    out = tmp_path / "run"
+    run(RunSpec("tooluse", "reverse_kl", "opd_plus", 0, str(tiny_world / "student"), str(tiny_world / "teacher"),
+                str(tmp_path / "data"), str(out), hp), progress=False)
+    rows = data.read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2] and "rollout/acc" in rows[1] and "val/greedy_acc" in rows[2]

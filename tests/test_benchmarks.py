@@ -113,3 +113,11 @@ def test_lm_eval_runs_a_benchmark_and_grades_with_math_verify(tmp_path):
         assert s["greedy_correct"] == math_verify_score(s["greedy"], s["answer"])
         assert s["avg_at_k"] == sum(math_verify_score(x, s["answer"]) for x in s["samples"]) / 2
     assert "until: []" in (tmp_path / "lmeval_tasks" / "opd_hmmt25_greedy.yaml").read_text()
+
+
+def test_cli_benchmark_refuses_a_moving_revision(tmp_path):
+    from opdpipe.cli import main
+
+    with pytest.raises(SystemExit, match=r"benchmark.aime24.revision = 'main': .* allowed: 40 lowercase hex digits"):
+        main(["benchmark", str(tmp_path), "--name", "aime24", "--hf-id", "HuggingFaceH4/aime_2024",
+              "--revision", "main", "--out", str(tmp_path / "eval.json")])

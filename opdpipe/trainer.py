@@ -34,6 +34,7 @@ from opdpipe.provenance import atomic_write_json, atomic_write_text, provenance
 from opdpipe.scoring import sequence_logprobs, teacher_logprobs
 from opdpipe.sft import lr_lambda
 from opdpipe.tasks import get_task
+from opdpipe.tasks.graders import scorer_for
 from opdpipe.tokenizer import load_tokenizer
 
 SCHEDULES = ("constant", "cosine")
@@ -226,7 +227,7 @@ def build_state(spec: RunSpec, cfg: dict, found, log) -> RunState:
     gen = torch.Generator().manual_seed(spec.seed)
     train = load_split(spec.data_dir, "train", log)
     val = load_split(spec.data_dir, "validation", log)[:cfg["eval_size"]]
-    state = RunState(student, teacher, tok, opt, sched, gen, train, val, get_task(spec.task).score,
+    state = RunState(student, teacher, tok, opt, sched, gen, train, val, scorer_for(spec.task, train + val),
                      get_divergence(spec.divergence), get_design(spec.design))
     if found:
         _, ts, ckpt = found

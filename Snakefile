@@ -15,6 +15,7 @@ wildcard_constraints:
     variant="|".join(v.replace("+", r"\+").replace(".", r"\.") for v in VARIANTS),
     seed=r"\d+",
     ref="teacher|sft_init",
+    bench="|".join(BENCHMARKS.fixed_names()),
 
 
 include: "workflow/rules/data.smk"
@@ -35,3 +36,4 @@ rule all:
         all_summaries(),
         all_metrics(),
         all_finals(),
+        all_benchmark_evals(),

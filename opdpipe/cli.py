@@ -4,6 +4,7 @@
     opdpipe train configs/default.yaml --task math --variant forward_kl-opd_plus --seed 0
     opdpipe evaluate results/default/math/forward_kl-opd_plus/seed0/final --task math \
         --test results/default/data/math/test.jsonl --out /tmp/eval.json
+    opdpipe benchmark <checkpoint> --name aime24 --path aime_2024.parquet --out /tmp/aime24/eval.json --k 32
     opdpipe bias                       # exact gradient error of OPD / OPD+ by enumeration
 
     opdpipe where configs/default.yaml run --task math --variant jsd-opd_plus --seed 1   # a validated path
@@ -79,6 +80,21 @@ def _evaluate(args) -> None:
     print({k: r[k] for k in ("greedy_acc", "greedy_acc_stderr", "avg_at_k", "avg_at_k_stderr", "n_samples")})
 
 
+def _benchmark(args) -> None:
+    from opdpipe.tasks import benchmarks
+
+    block = {"path": args.path} if args.path else {"hf_id": args.hf_id, "revision": args.revision}
+    try:
+        benchmarks.check_benchmarks("benchmark", {args.name: block})
+    except ValueError as err:
+        sys.exit(str(err))
+    data = Path(args.out).parent / "data"
+    benchmarks.prepare(args.name, block, data)
+    r = benchmarks.evaluate(args.checkpoint, args.name, data / "test.jsonl", args.out, k=args.k,
+                            max_gen_toks=args.max_gen_toks, seed=args.seed)
+    print({k: r[k] for k in ("greedy_acc", "avg_at_k", "avg_at_k_stderr", "pass_at_k", "n_samples")})
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="opdpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -97,6 +113,17 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--out", required=True)
     e.add_argument("--k", type=int, default=8)
     e.add_argument("--seed", type=int, default=0)
+    b = sub.add_parser("benchmark", help="lm-eval a checkpoint on a math benchmark (aime24, aime25, hmmt25)")
+    b.add_argument("checkpoint")
+    b.add_argument("--name", required=True)
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--path", help="local .jsonl / .json / .parquet file")
+    src.add_argument("--hf-id", help="hub dataset id (with --revision)")
+    b.add_argument("--revision", help="40-hex commit of --hf-id")
+    b.add_argument("--out", required=True)
+    b.add_argument("--k", type=int, default=32)
+    b.add_argument("--max-gen-toks", type=int, default=8192)
+    b.add_argument("--seed", type=int, default=0)
     sub.add_parser("bias", help="print the enumerated gradient error of OPD and OPD+")
     w = sub.add_parser("where", help="print a validated value of a study: study | tracking-uri | run")
     w.add_argument("config")
@@ -113,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
         _train(args)
     elif args.cmd == "evaluate":
         _evaluate(args)
+    elif args.cmd == "benchmark":
+        _benchmark(args)
     elif args.cmd == "where":
         _where(args)
     elif args.cmd == "bias":

@@ -14,7 +14,7 @@ import yaml
 
 from opdpipe import custom_divergences, resources
 from opdpipe.advantages import ADVANTAGES
-from opdpipe.data import check_sizes
+from opdpipe.data import check_spec
 from opdpipe.divergences import DIVERGENCES, check_clip, get_divergence
 from opdpipe.hparams import DEFAULTS
 from opdpipe.layout import REFERENCES, STUDY_PATTERN, check_name
@@ -80,7 +80,7 @@ def _check_tasks(cfg: dict) -> None:
         if knobs:
             raise ValueError(f"tasks.{task}.knobs: unknown knob(s) {sorted(knobs)}; allowed: "
                              f"{sorted(_knob_names(task))}")
-        check_sizes(task, spec)
+        check_spec(task, spec)  # sizes, data source, grader, benchmarks
         if "teacher_train" in spec and "train" not in cfg["teacher"]:
             raise ValueError(f"tasks.{task}.teacher_train: the teacher is not trained here "
                              "(it has no 'train' block); remove the override")

@@ -9,6 +9,8 @@ lives, so the layout has one owner. Arguments may be real values or Snakemake wi
       tokenizer/tokenizer.json
       <task>/{teacher,sft_init}/{checkpoint/, manifest.json, eval.json}
       <task>/<variant>/seed<k>/{final/, metrics.jsonl, summary.json, eval.json, work/}
+      data/<task>/bench/<bench>/{test.jsonl, manifest.json}       math benchmarks the task names
+      <task>/<row>/bench/<bench>/eval.json, <task>/<variant>/seed<k>/bench/<bench>/eval.json
       mlflow.db, mlartifacts/, tracking/{store.json, runs.json}
       report/{report.md, report.html, figures/<name>.png}
       logs/, benchmarks/
@@ -79,6 +81,15 @@ class Layout:
         if seed is None:
             return self.path(task, variant, "eval.json")
         return self.run_file(task, variant, seed, "eval.json")
+
+    # ------------------------------------------------------------ math benchmarks (AIME24, ...)
+    def bench_data_file(self, task, bench, name="test.jsonl") -> str:
+        return self.path("data", task, "bench", bench, name)
+
+    def bench_eval_file(self, task, variant, bench, seed=None) -> str:
+        """eval.json of one benchmark for a run, or for a reference row when seed is None."""
+        row = [task, variant] if seed is None else [task, variant, f"seed{seed}"]
+        return self.path(*row, "bench", bench, "eval.json")
 
     # ------------------------------------------------------------ tracking, report, logs
     def mlflow_db(self) -> str:

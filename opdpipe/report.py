@@ -73,6 +73,26 @@ def main_table(df: pd.DataFrame, tasks: list[str]) -> tuple[pd.DataFrame, dict]:
     return pd.DataFrame(out), collapsed
 
 
+def benchmark_table(bench_rows: list[dict]) -> pd.DataFrame:
+    """Rows teacher, SFT-init, variants; per task x benchmark avg@k (CI as in the main table) and greedy."""
+    if not bench_rows:
+        return pd.DataFrame()
+    df = pd.DataFrame([{**r, **{k: v for k, v in json.loads(Path(r["eval"]).read_text()).items()
+                                if k in ("avg_at_k", "avg_at_k_stderr", "greedy_acc", "k")}} for r in bench_rows])
+    out = []
+    for vid in dict.fromkeys(df["variant"]):
+        row = {"variant": vid}
+        for (task, bench), sub in df[df.variant == vid].groupby(["task", "bench"], sort=False):
+            if sub["seed"].isna().all():  # a reference row: one evaluation, interval from lm-eval's stderr
+                m, h = sub["avg_at_k"].iloc[0], 1.96 * sub["avg_at_k_stderr"].iloc[0]
+            else:
+                m, h = mean_ci(list(sub["avg_at_k"]))
+            row[f"{bench} avg@{int(sub['k'].iloc[0])}"] = _fmt(m, h)
+            row[f"{bench} greedy"] = f"{100 * sub['greedy_acc'].mean():.1f}"
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 def _curves(rows: list[dict], task: str, vid: str) -> list[pd.DataFrame]:
     frames = []
     for r in rows:
@@ -138,13 +158,15 @@ FIGS = {  # name: (metric, y label, title, smoothing window in steps); names are
 
 
 def run(settings: dict, rows: list[dict], runs_json: str | Path, benchmarks: str | Path, out_dir: str | Path,
-        cfg_hash: str) -> dict:
-    """settings: {study, tasks, seeds, variants}; rows: the study's rows with their files (eval, metrics)."""
+        cfg_hash: str, bench_rows: list[dict] | None = None) -> dict:
+    """settings: {study, tasks, seeds, variants}; rows: the study's rows with their files (eval, metrics);
+    bench_rows: one per row and math benchmark ({task, variant, seed, bench, eval}), if any."""
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     tasks, seeds, variants = settings["tasks"], settings["seeds"], settings["variants"]
     df = collect(rows, variants)
     table, collapsed = main_table(df, tasks)
+    bench = benchmark_table(bench_rows or [])
     for name, (key, ylabel, title, smooth) in FIGS.items():
         figure_curves(rows, tasks, variants, key, ylabel, out / "figures" / f"{name}.png", title, smooth)
     runs = json.loads(Path(runs_json).read_text())
@@ -156,6 +178,8 @@ def run(settings: dict, rows: list[dict], runs_json: str | Path, benchmarks: str
         (f"Main results (avg@{k} %, mean ± 95% CI over {len(seeds)} seed(s); greedy %)", table,
          "Teacher and SFT-init rows: one evaluation, interval ±1.96 stderr. A variant whose mean avg@k falls "
          "below the SFT-init row is flagged (collapsed)."),
+        *([("Math benchmarks (avg@k %, mean ± 95% CI over seeds; greedy %; graded by math-verify)", bench, "")]
+          if len(bench) else []),
         ("Training curves", ["curves", "sampled"],
          "Validation greedy accuracy vs step, and the accuracy of the training rollouts sampled at "
          "temperature 1 (the quantity avg@k measures), mean over seeds."),

@@ -35,6 +35,7 @@ from opdpipe.resources import check_world
 from opdpipe.scoring import sequence_logprobs, teacher_logprobs
 from opdpipe.sft import lr_lambda
 from opdpipe.tasks import get_task
+from opdpipe.tasks.graders import scorer_for
 from opdpipe.tokenizer import load_tokenizer
 
 SCHEDULES = ("constant", "cosine")
@@ -243,7 +244,7 @@ def build_state(spec: RunSpec, cfg: dict, found, log, ctx: distributed.Context =
     gen = torch.Generator().manual_seed(distributed.rank_seed(spec.seed, ctx))
     train = load_split(spec.data_dir, "train", log)
     val = load_split(spec.data_dir, "validation", log)[:cfg["eval_size"]]
-    state = RunState(student, teacher, tok, opt, sched, gen, train, val, get_task(spec.task).score,
+    state = RunState(student, teacher, tok, opt, sched, gen, train, val, scorer_for(spec.task, train + val),
                      get_divergence(spec.divergence), get_design(spec.design), dist=ctx,
                      learner=distributed.wrap(student, ctx))
     if found:

@@ -134,6 +134,28 @@ def test_the_report_rule_declares_every_figure_it_writes(smoke):
     assert all((smoke / "results" / "smoke" / "report" / "figures" / f"{n}.png").exists() for n in FIGURES)
 
 
+def test_a_math_benchmark_joins_the_study_without_rerunning_it(smoke, tmp_path):
+    """Adding AIME24 (a fixture in its hub columns) schedules its data, lm-eval jobs and the report only,
+    and the report gains its table."""
+    work = tmp_path / "bench"
+    shutil.copytree(smoke, work, symlinks=True)
+    cfg = yaml.safe_load((work / "configs" / "smoke.yaml").read_text())
+    cfg["tasks"]["math"]["benchmarks"] = {"aime24": {"path": str(ROOT / "tests" / "fixtures" / "aime24_sample.jsonl")}}
+    (work / "configs" / "bench.yaml").write_text(yaml.safe_dump(cfg))
+    r = _smk(work, "-n", "--cores", "2", "--quiet", "rules", config="configs/bench.yaml")
+    out = r.stdout + r.stderr
+    counts = _rule_counts(out)
+    assert counts == {"prepare_benchmark": 1, "evaluate_benchmark_variant": 3, "evaluate_benchmark_reference": 2,
+                      "report": 1, "all": 1, "total": 8}, out
+    r = _smk(work, "--cores", "2", config="configs/bench.yaml")
+    assert r.returncode == 0, r.stderr[-4000:]
+    res = work / "results" / "smoke"
+    ev = json.loads((res / "math" / "forward_kl-opd" / "seed1" / "bench" / "aime24" / "eval.json").read_text())
+    assert ev["n_samples"] == 3 and ev["lm_eval_tasks"] == ["opd_aime24_greedy", "opd_aime24_avg2"]
+    md = (res / "report" / "report.md").read_text()
+    assert "## Math benchmarks" in md and "aime24 avg@2" in md and "| reverse_kl-opd_plus " in md
+
+
 def test_a_two_rank_training_run_completes_in_the_dag(smoke):
     """opd.world_size = 2: the train job launches torchrun with 2 gloo ranks; rank 0 writes the outputs."""
     cfg = yaml.safe_load((smoke / "configs" / "smoke.yaml").read_text())

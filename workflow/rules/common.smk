@@ -7,6 +7,7 @@ from opdpipe import resources as cluster
 from opdpipe.config import opd_hparams, teacher_config, variants
 from opdpipe.layout import FIGURES, REFERENCES, Layout
 from opdpipe.provenance import config_hash
+from opdpipe.tasks.benchmarks import BENCHMARKS, DEFAULT_GRADER as BENCHMARK_GRADER
 
 STUDY = config["study"]
 L = Layout.for_study(STUDY)
@@ -19,11 +20,17 @@ VARIANT_TABLE = {vid: {"divergence": v["divergence"], "design": v["design"]} for
 # the tracking URI given in the config, or None: the sqlite store inside the study folder, resolved
 # when the job runs (an absolute path here would re-run every job of a moved results folder)
 TRACKING_URI = config["tracking"]["uri"]
+BENCHES = {t: sorted(config["tasks"][t].get("benchmarks", {})) for t in TASKS}  # math test sets per task
 
 
 # ---------------------------------------------------------------- per-job values
 def task_spec(w):
-    return config["tasks"][w.task]
+    """What prepare_data depends on: the task block without its benchmarks (adding one re-runs nothing)."""
+    return {k: v for k, v in config["tasks"][w.task].items() if k != "benchmarks"}
+
+
+def benchmark_source(w):
+    return config["tasks"][w.task]["benchmarks"][w.bench]
 
 
 def max_new_tokens(w):
@@ -135,3 +142,15 @@ def world_block():
 
 def report_settings():
     return {"study": STUDY, "tasks": TASKS, "seeds": SEEDS, "variants": VARIANT_TABLE}
+
+
+# ---------------------------------------------------------------- math benchmarks (AIME24, ...)
+def benchmark_rows():
+    """One line per (row of the study, benchmark its task names), with the eval file it reads."""
+    return [{"task": r["task"], "variant": r["variant"], "seed": r["seed"], "bench": b,
+             "eval": L.bench_eval_file(r["task"], r["variant"], b, r["seed"])}
+            for r in study_rows() for b in BENCHES[r["task"]]]
+
+
+def all_benchmark_evals():
+    return [r["eval"] for r in benchmark_rows()]

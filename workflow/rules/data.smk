@@ -1,4 +1,4 @@
-# Stage 1: data preparation and the shared tokenizer.
+# Stage 1: data preparation (training data and the math benchmarks) and the shared tokenizer.
 
 
 rule prepare_data:
@@ -18,6 +18,23 @@ rule prepare_data:
         L.log("prepare_data", "{task}"),
     script:
         "../scripts/prepare_data.py"
+
+
+rule prepare_benchmark:
+    output:
+        test=L.bench_data_file("{task}", "{bench}"),
+        manifest=L.bench_data_file("{task}", "{bench}", "manifest.json"),
+    params:
+        source=benchmark_source,
+        grader=BENCHMARK_GRADER,
+    resources:
+        **stage_resources("data"),
+    conda:
+        "../envs/opdpipe.yaml"
+    log:
+        L.log("prepare_benchmark", "{task}", "{bench}"),
+    script:
+        "../scripts/prepare_benchmark.py"
 
 
 rule tokenizer:

@@ -49,3 +49,53 @@ rule evaluate_reference:
         L.benchmark("evaluate", "{task}", "{ref}")
     script:
         "../scripts/evaluate.py"
+
+
+# The math benchmarks (AIME24, AIME25, HMMT25) of tasks that name them: the same lm-eval templates,
+# no newline stop, graded by math-verify. One file per checkpoint and benchmark.
+rule evaluate_benchmark_variant:
+    input:
+        checkpoints=variant_checkpoints,
+        test=rules.prepare_benchmark.output.test,
+    output:
+        [L.bench_eval_file("{task}", "{variant}", "{bench}", s) for s in SEEDS],
+    params:
+        eval=config["eval"],
+        max_gen_toks=max_new_tokens,
+        seeds=SEEDS,
+        labels=variant_labels,
+    threads: config["threads"]
+    resources:
+        **stage_resources("evaluate"),
+    conda:
+        "../envs/opdpipe.yaml"
+    log:
+        L.log("evaluate_benchmark", "{task}", "{variant}", "{bench}"),
+    benchmark:
+        L.benchmark("evaluate_benchmark", "{task}", "{variant}", "{bench}")
+    script:
+        "../scripts/evaluate_benchmark.py"
+
+
+rule evaluate_benchmark_reference:
+    input:
+        checkpoints=reference_checkpoint,
+        test=rules.prepare_benchmark.output.test,
+    output:
+        L.bench_eval_file("{task}", "{ref}", "{bench}"),
+    params:
+        eval=config["eval"],
+        max_gen_toks=max_new_tokens,
+        seeds=[config["seed"]],
+        labels=reference_label,
+    threads: config["threads"]
+    resources:
+        **stage_resources("evaluate"),
+    conda:
+        "../envs/opdpipe.yaml"
+    log:
+        L.log("evaluate_benchmark", "{task}", "{ref}", "{bench}"),
+    benchmark:
+        L.benchmark("evaluate_benchmark", "{task}", "{ref}", "{bench}")
+    script:
+        "../scripts/evaluate_benchmark.py"

@@ -6,6 +6,7 @@ rule report:
         runs=rules.track.output,
         evals=all_evals(),
         metrics=all_metrics(),
+        bench=all_benchmark_evals(),
     output:
         md=L.report_file("report.md"),
         html=report(L.report_file("report.html"), caption="../report/report.rst", category="Report"),
@@ -13,6 +14,7 @@ rule report:
     params:
         settings=report_settings(),
         rows=study_rows(),
+        bench_rows=benchmark_rows(),
         benchmarks=L.path("benchmarks"),
         config_hash=config_hash(config),
     resources:

@@ -6,6 +6,6 @@ from opdpipe import report
 redirect(snakemake.log[0])
 p = snakemake.params
 out = report.run(p.settings, p.rows, snakemake.input.runs[0], p.benchmarks, Path(snakemake.output.md).parent,
-                 p.config_hash)
+                 p.config_hash, p.bench_rows)
 for row in out["table"]:
     say(str(row))

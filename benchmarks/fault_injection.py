@@ -29,8 +29,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from opdpipe.config import ConfigError, load  # noqa: E402
+from opdpipe.layout import Layout  # noqa: E402
 
-RUN = "results/faults/math/forward_kl-opd_plus/seed0"
+LAY = Layout.for_study("faults")
+RUN = LAY.run_dir("math", "forward_kl-opd_plus", 0)
 
 
 # ---------------------------------------------------------------- 1. input probes
@@ -153,7 +155,7 @@ def fingerprint(work: Path) -> dict:
 
 
 def run_names(work: Path) -> list[str]:
-    return [r["run_name"] for r in json.loads((work / "results/faults/tracking/runs.json").read_text())["runs"]]
+    return [r["run_name"] for r in json.loads((work / LAY.tracking_file("runs.json")).read_text())["runs"]]
 
 
 def fault_probes(base: Path, cfg: dict):
@@ -178,20 +180,20 @@ def fault_probes(base: Path, cfg: dict):
 
     def damaged_data(work):
         assert smk(work).returncode == 0
-        train = work / "results/faults/data/math/train.jsonl"
+        train = work / LAY.data_file("math", "train")
         lines = train.read_text().splitlines()
         train.write_text("\n".join(lines[:3] + ['{"prompt": "cut off'] + lines[4:]) + "\n")
         shutil.rmtree(work / RUN / "final")  # and the run must be made again from it
 
     def half_written_store(work):
         assert smk(work).returncode == 0
-        db = work / "results/faults/mlflow.db"
+        db = work / LAY.mlflow_db()
         db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
-        (work / "results/faults/tracking/runs.json").unlink()
+        (work / LAY.tracking_file("runs.json")).unlink()
 
     def deleted_store(work):
         assert smk(work).returncode == 0
-        (work / "results/faults/mlflow.db").unlink()
+        (work / LAY.mlflow_db()).unlink()
 
     def moved_study(work):
         assert smk(work).returncode == 0
@@ -245,7 +247,7 @@ def main() -> None:
     boom["opd"].update(lr=1e30, max_grad_norm=1e30)
     work = fresh_study(base, "overflow", boom)
     r = smk(work)
-    log = (work / "results/faults/logs/train/math/forward_kl-opd_plus/seed0.log").read_text()
+    log = (work / LAY.log("train", "math", "forward_kl-opd_plus", "seed0")).read_text()
     refused = r.returncode != 0 and "NonFiniteError: step" in log and not (work / RUN / "final").exists()
     print(f"  {'refused ' if refused else 'FAILED  '} {[ln for ln in log.splitlines() if 'NonFiniteError' in ln][-1:]}")
     print(f"\nSUMMARY: bad inputs refused cleanly {clean}/{n_inputs}; faults survived "

@@ -10,7 +10,7 @@ CORES ?= all
 SMK := $(VENV)/bin/snakemake --cores $(CORES) --configfile $(CONFIG) --rerun-incomplete
 STUDY = $(shell $(PY) -c "import yaml; print(yaml.safe_load(open('$(CONFIG)'))['study'])")
 
-.PHONY: setup test reproduce variant mlflow-ui dry-run lint
+.PHONY: setup test test-ui reproduce variant mlflow-ui dry-run lint
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ dry-run: setup
 lint: setup
 	$(VENV)/bin/snakemake --lint --configfile $(CONFIG)
 
-# The MLflow UI on http://127.0.0.1:5000 over the study's tracking store
+# The MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over the study's tracking store; prints the study's views first
+MLFLOW_PORT ?= 5000
 mlflow-ui: setup
-	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/results/$(STUDY)/mlflow.db
+	$(PY) -m opdpipe.mlflow_views results/$(STUDY)/tracking/runs.json --base http://127.0.0.1:$(MLFLOW_PORT)
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri sqlite:///$(CURDIR)/results/$(STUDY)/mlflow.db
+
+# The browser check: the smoke study (re-used when up to date), then its MLflow UI in headless Chromium
+test-ui: setup
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile configs/smoke.yaml --rerun-incomplete
+	$(PY) tests/browser/mlflow_ui_check.py --results results/smoke --out results/smoke/ui-check

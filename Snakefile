@@ -28,3 +28,4 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         f"{RESULTS}/report/report.html",
+        f"{RESULTS}/tracking/report_artifacts.json",

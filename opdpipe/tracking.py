@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 KEY = "opdpipe.key"
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"  # model training
+BIAS_SUMMARY = ("bias/cos_expected", "bias/cos_sampled", "bias/relerr_expected")
 
 
 def default_uri(results_dir: str | Path) -> str:
@@ -38,7 +40,8 @@ def init_store(uri: str, study: str, artifact_dir: str | Path) -> dict:
     client = mlflow_client(uri)
     exp = client.get_experiment_by_name(experiment_name(study))
     exp_id = exp.experiment_id if exp else client.create_experiment(
-        experiment_name(study), artifact_location=Path(artifact_dir).resolve().as_uri())
+        experiment_name(study), artifact_location=Path(artifact_dir).resolve().as_uri(),
+        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     parent = _find(client, exp_id, run_key(study, "_study", "_all", None))
     if parent is None:
         parent = client.create_run(exp_id, run_name=study, tags={KEY: run_key(study, "_study", "_all", None),
@@ -158,12 +161,51 @@ def track_entry(client, store: dict, study: str, entry: dict) -> str:
     from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(f"eval/{_safe(k)}", float(v), ts, 0)
-                                      for k, v in entry["eval_metrics"].items()])
+    finals = {f"eval/{_safe(k)}": v for k, v in entry["eval_metrics"].items()} | entry.get("summary_metrics", {})
+    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in finals.items()])
     for path in entry.get("artifacts", []):
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def is_collapsed(mean_avg_at_k: float, sft_init_avg_at_k: float) -> bool:
+    """A variant collapsed when its mean avg@k over seeds falls below the SFT-init student's."""
+    return mean_avg_at_k < sft_init_avg_at_k
+
+
+def bias_summary(metrics_jsonl: str | Path) -> dict[str, float]:
+    """Mean of each bias-meter reading over the run (`bias_summary/<name>_mean`); empty if never measured."""
+    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    out = {}
+    for key in BIAS_SUMMARY:
+        values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+        if values:
+            out[f"bias_summary/{key.split('/', 1)[1]}_mean"] = sum(values) / len(values)
+    return out
+
+
+def add_review_fields(entries: list[dict]) -> list[dict]:
+    """What a reviewer sorts and groups by, on every row: task / variant / seed as params too, the
+    collapsed flag of the variant (as a tag) and the bias-meter summary (as metrics)."""
+    avg: dict[tuple[str, str], list[float]] = {}
+    for e in entries:
+        avg.setdefault((e["task"], e["variant"]), []).append(e["eval_metrics"]["avg_at_k"])
+    for e in entries:
+        run = e.get("seed") is not None
+        base = avg[(e["task"], "sft_init")][0]
+        scores = avg[(e["task"], e["variant"])]
+        e["tags"]["collapsed"] = str(run and is_collapsed(sum(scores) / len(scores), base)).lower()
+        e["params"] = {"task": e["task"], "variant": e["variant"], **({"seed": e["seed"]} if run else {}), **e["params"]}
+        if e.get("metrics_jsonl"):
+            e["summary_metrics"] = bias_summary(e["metrics_jsonl"])
+    return entries
+
+
+def log_report(client, store: dict, report_dir: str | Path) -> list[str]:
+    """The report (md, html, figures) as artifacts of the study's parent run, under report/."""
+    client.log_artifacts(store["parent_run_id"], str(report_dir), artifact_path="report")
+    return sorted(a.path for a in client.list_artifacts(store["parent_run_id"], "report"))
 
 
 def close_study(client, store: dict, tags: dict) -> None:
@@ -185,6 +227,7 @@ def read_back(uri: str, study: str) -> list[dict]:
         rows.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
                      "task": r.data.tags.get("task"), "variant": r.data.tags.get("variant"),
                      "seed": r.data.tags.get("seed"), "config_hash": r.data.tags.get("config_hash"),
+                     "collapsed": r.data.tags.get("collapsed"),
                      "avg_at_k": r.data.metrics.get("eval/avg_at_k"),
                      "greedy_acc": r.data.metrics.get("eval/greedy_acc")})
     return rows

@@ -22,3 +22,21 @@ rule report:
         f"{RESULTS}/logs/report.log",
     script:
         "../scripts/report.py"
+
+
+rule track_report:
+    # The report, as artifacts of the study's parent run in MLflow (report/ beside the child runs).
+    input:
+        store=rules.tracking_store.output,
+        md=rules.report.output.md,
+        html=rules.report.output.html,
+    output:
+        f"{RESULTS}/tracking/report_artifacts.json",
+    params:
+        uri=TRACKING_URI,
+    conda:
+        "../envs/opdpipe.yaml"
+    log:
+        f"{RESULTS}/logs/track_report.log",
+    script:
+        "../scripts/track_report.py"

@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 from _log import redirect, say
-from opdpipe import tracking
+from opdpipe import mlflow_views, tracking
 from opdpipe.provenance import atomic_write_json, code_version, config_hash
 
 redirect(snakemake.log[0])
@@ -11,6 +11,7 @@ cfg = snakemake.config
 store = json.loads(Path(snakemake.input.store[0]).read_text())
 client = tracking.mlflow_client(snakemake.params.uri)
 world = {k: cfg[k] for k in ("seed", "tasks", "teacher", "student", "eval")}
+entries = []
 for path in map(Path, snakemake.input.evals):
     ev = json.loads(path.read_text())
     task, variant = path.parts[-3], path.parts[-2]
@@ -36,10 +37,14 @@ for path in map(Path, snakemake.input.evals):
         entry["params"] = {"opd": snakemake.params.hparams[f"{task}/{variant}"], **v, "world": world}
         entry["metrics_jsonl"] = path.parent / "metrics.jsonl"
         entry["artifacts"] += [path.parent / "summary.json", path.parent / "metrics.jsonl"]
+    entries.append(entry)
+for entry in tracking.add_review_fields(entries):
     run_id = tracking.track_entry(client, store, cfg["study"], entry)
     say(f"tracked {entry['name']} -> {run_id}")
 rows = tracking.read_back(snakemake.params.uri, cfg["study"])
+links = mlflow_views.publish(client, store["experiment_id"], list(cfg["tasks"]), rows)
 tracking.close_study(client, store, {"config_hash": config_hash(cfg), "code_version": code_version(), "runs": len(rows)})
 atomic_write_json(snakemake.output[0], {"uri": snakemake.params.uri, "experiment": tracking.experiment_name(cfg["study"]),
-                                        "runs": rows})
+                                        "experiment_id": store["experiment_id"], "tasks": list(cfg["tasks"]),
+                                        "links": links, "runs": rows})
 say(f"read back {len(rows)} runs")

@@ -121,6 +121,7 @@ def compare_page(experiment_id: str, run_ids: list[str]) -> str:
 def links(experiment_id: str, tasks: list[str], rows: list[dict]) -> dict[str, str]:
     """Every URL fragment a reviewer needs, by name: the views, each task's compare page, each run."""
     out = {name: runs_page(experiment_id, key, mode) for name, (key, _, mode) in views(tasks).items()}
+    out["experiment"] = f"#/experiments/{experiment_id}?workflowType={WORKFLOW}"
     for task in tasks:
         ids = [r["run_id"] for r in rows if r["task"] == task and r.get("seed") not in (None, "None")]
         out[f"compare/{task}"] = compare_page(experiment_id, ids)
@@ -168,12 +169,11 @@ def describe(runs_json: str | Path, base: str = DEFAULT_UI) -> str:
     runs = json.loads(Path(runs_json).read_text())
     fragments, tasks = runs["links"], runs["tasks"]
     base = base.rstrip("/") + "/"
-    lines = [f"MLflow UI for experiment {runs['experiment']} (Ctrl-C stops it):",
-             f"  runs table            {base}{fragments['runs']}",
-             f"  grouped by variant    {base}{fragments['by_variant']}"]
+    named = [("experiment page", "experiment"), ("runs table", "runs"), ("runs grouped by variant", "by_variant")]
     for task in tasks:
-        lines += [f"  {task}: OPD vs OPD+ curves  {base}{fragments[f'curves/{task}']}",
-                  f"  {task}: compare page        {base}{fragments[f'compare/{task}']}"]
+        named += [(f"{task}: OPD vs OPD+ curves", f"curves/{task}"), (f"{task}: compare page", f"compare/{task}")]
+    lines = [f"MLflow UI for experiment {runs['experiment']} (Ctrl-C stops it):"]
+    lines += [f"  {label:<30}{base}{fragments[key]}" for label, key in named]
     return "\n".join(lines)
 
 

@@ -75,7 +75,8 @@ def test_views_are_published_as_experiment_tags_and_links(study):
     cell = mlflow_views.row_links(json.loads(runs_json.read_text()), "forward_kl-opd", base="http://h:1")
     assert cell.count("http://h:1/#/experiments/") == 3 and "[s0]" in cell and "[s1]" in cell and "[compare](" in cell
     printed = mlflow_views.describe(runs_json, base="http://h:1")
-    assert f"http://h:1/{links['by_variant']}" in printed and f"http://h:1/{links['compare/math']}" in printed
+    for key in ("experiment", "runs", "by_variant", "curves/math", "compare/math"):
+        assert f"http://h:1/{links[key]}" in printed, key
 
     report = tmp / "report"
     (report / "figures").mkdir(parents=True)

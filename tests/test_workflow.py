@@ -40,6 +40,11 @@ def test_smoke_dag_produces_the_report(smoke):
     assert "Runs read back from MLflow" in md and "Advantage formulas" in md
     html = (rep / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 6
+    runs = json.loads((rep.parent / "tracking" / "runs.json").read_text())
+    for r in runs["runs"]:  # every row of the main table links to its MLflow run(s) and its task's comparison
+        assert f"(http://127.0.0.1:5000/{runs['links']['run/' + r['run_name']]})" in md
+        assert f"<a href='http://127.0.0.1:5000/{runs['links']['run/' + r['run_name']]}'>" in html
+    assert md.count(runs["links"]["curves/math"]) == 5  # one per row: teacher, SFT-init, three variants
     for fig in ("curves", "sampled", "grad_norm", "log_ratio", "length", "bias"):
         assert (rep / "figures" / f"{fig}.png").stat().st_size > 1000
 
@@ -54,6 +59,13 @@ def test_every_run_is_tracked_once_in_mlflow(smoke):
     assert steps == 4  # the curves made it into the store
     study = db.execute("select status, lifecycle_stage from runs where name = 'smoke'").fetchall()
     assert study == [("FINISHED", "active")]  # the study's parent run is closed once all rows are in
+    tags = dict(db.execute("select key, value from experiment_tags").fetchall())
+    assert tags["mlflow.experimentKind"] == "custom_model_development" and "mlflow.sharedViewState.opdpipe-by_variant" in tags
+    per_run = db.execute("select count(*) from tags where key = 'collapsed'").fetchone()[0]
+    bias = db.execute("select count(distinct run_uuid) from latest_metrics where key = 'bias_summary/cos_expected_mean'").fetchone()[0]
+    assert (per_run, bias) == (len(runs), 2 * 3 * 2)  # every row flagged; every trained run has its bias summary
+    logged = json.loads((smoke / "results" / "smoke" / "tracking" / "report_artifacts.json").read_text())["artifacts"]
+    assert logged == ["report/figures", "report/report.html", "report/report.md"]  # the report on the parent run
 
 
 def test_a_seed_evaluated_alone_matches_its_variant_job(smoke, tmp_path):
@@ -85,7 +97,8 @@ def test_complete_study_schedules_nothing_and_one_edit_reruns_one_variant(smoke)
     assert r.returncode == 0, out[-2000:]
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts == {"train": 4, "evaluate_variant": 2, "track": 1, "report": 1, "all": 1, "total": 9}, out
+    assert counts == {"train": 4, "evaluate_variant": 2, "track": 1, "report": 1, "track_report": 1, "all": 1,
+                      "total": 10}, out
 
 
 def test_malformed_config_starts_no_job(smoke):

@@ -53,8 +53,8 @@ def _get_json(url: str, method: str = "GET"):
 class Browser:
     """One Chromium process with a fresh profile, and one page tab driven over its websocket."""
 
-    def __init__(self, width: int = 1800, height: int = 1000):
-        self.size = (width, height)
+    def __init__(self, width: int = 1800, height: int = 1000, shots: Path | None = None):
+        self.size, self.shots = (width, height), shots  # shots: where a page that never got ready is pictured
         self.profile = tempfile.mkdtemp(prefix="opdpipe-chromium-")
         self.port = free_port()
         self.proc = None
@@ -118,6 +118,8 @@ class Browser:
         guarded = f"(() => {{ try {{ return Boolean({ready}); }} catch (e) {{ return false; }} }})()"
         while not await self.evaluate(guarded):
             if time.monotonic() - t0 > timeout:
+                if self.shots:
+                    await self.screenshot(self.shots / f"timeout-{int(time.time())}.png")
                 raise TimeoutError(f"{url}: not ready after {timeout:.0f} s ({ready})")
             await asyncio.sleep(0.5)
         return time.monotonic() - t0

@@ -32,6 +32,11 @@ ROWS_JS = """(() => { const rows = {};
     const id = r.getAttribute('row-id'); rows[id] = rows[id] || {};
     for (const c of r.querySelectorAll('[role=gridcell][col-id]')) rows[id][c.getAttribute('col-id')] = c.innerText.trim();
   } return rows; })()"""
+# the chart view is ready when its first card is drawn (cards below the fold are not in the page
+# until scrolled into view)
+CARDS_JS = "[...document.querySelectorAll('[data-testid=experiment-view-compare-runs-card]')].map(e => e.innerText)"
+CHARTS_READY_JS = (f"(() => {{ const cards = {CARDS_JS}; return cards.length > 0 && cards[0].startsWith("
+                   f"{json.dumps(mlflow_views.CURVES[0])}) && document.querySelectorAll('.js-plotly-plot').length >= 1; }})()")
 CLOSE_ASSISTANT_JS = """(() => { const b = document.querySelector('[data-component-id="mlflow.assistant.chat_panel.close"]');
   if (b) b.click(); return Boolean(b); })()"""
 NAME, VARIANT = mlflow_views.column("attributes", "Run Name"), mlflow_views.column("tags", "variant")
@@ -124,14 +129,12 @@ async def check_grouped(b, c: Checks, url: str, runs: list[dict]) -> None:
 
 
 async def check_curves(b, c: Checks, url: str, task: str, variants: list[str]) -> None:
-    ready = (f"(() => {{ const t = document.body.innerText; return document.querySelectorAll('.js-plotly-plot').length"
-             f" >= {len(mlflow_views.CURVES)} && {json.dumps(variants)}.every(v => t.includes(v)); }})()")
+    ready = f"{CHARTS_READY_JS} && {json.dumps(variants)}.every(v => document.body.innerText.includes(v))"
     secs = await b.open(url, ready)
-    text = await b.evaluate("document.body.innerText")
-    c.check(all(k in text for k in mlflow_views.CURVES),
-            f"chart view of {task}: cards {', '.join(mlflow_views.CURVES)} drawn ({secs:.1f} s)")
-    cards = await b.evaluate("[...document.querySelectorAll('[data-testid=experiment-view-compare-runs-card]')]"
-                             ".map(e => e.innerText)")
+    cards = await b.evaluate(CARDS_JS)
+    shown = [card.splitlines()[0] for card in cards]
+    c.check(shown == mlflow_views.CURVES[:len(shown)] and len(shown) >= 3,
+            f"chart view of {task}: cards in order {shown} of {mlflow_views.CURVES} in view ({secs:.1f} s)")
     first = next((card for card in cards if card.startswith(mlflow_views.CURVES[0])), "")
     c.check(all(f"{v} (" in first for v in variants) and "sft_init" not in first and "teacher" not in first,
             f"chart view of {task}: {mlflow_views.CURVES[0]} has one line per variant {variants}")
@@ -144,11 +147,11 @@ async def check_compare(b, c: Checks, url: str, task: str, runs: list[dict]) -> 
     c.check(True, f"compare page of {task}: its {len(names)} runs and eval/avg_at_k side by side ({secs:.1f} s)")
 
 
-async def check_two_clicks(b, c: Checks, base: str, experiment_id: str, task: str) -> None:
+async def check_two_clicks(b, c: Checks, url: str, experiment_id: str, task: str) -> None:
     """From the experiment's page (what `make mlflow-ui` prints first): click 1 expands the study's
     description, click 2 follows its "OPD vs OPD+ training curves" link of the task. The link opens a
     new tab; the check opens its address in this tab and waits for the charts."""
-    secs = await b.open(f"{base}#/experiments/{experiment_id}?workflowType={mlflow_views.WORKFLOW}",
+    secs = await b.open(url,
                         f"location.hash.startsWith('#/experiments/{experiment_id}/runs') && "
                         "document.body.innerText.includes('opdpipe study views')")
     c.check(True, f"experiment page lands on its runs ({secs:.1f} s)")
@@ -158,14 +161,14 @@ async def check_two_clicks(b, c: Checks, base: str, experiment_id: str, task: st
                             f"return a && a.offsetParent !== null && a.innerText.includes('OPD+') ? a.href : null; }})()")
     c.check(bool(href), f"click 1 (expand the description) shows the link {link}")
     if href:
-        secs = await b.open(href, f"document.querySelectorAll('.js-plotly-plot').length >= {len(mlflow_views.CURVES)}")
+        secs = await b.open(href, CHARTS_READY_JS)
         c.check(True, f"click 2 opens the OPD vs OPD+ curves of {task} ({secs:.1f} s)")
 
 
 async def run_checks(base: str, runs_json: dict, out: Path, c: Checks) -> None:
     links, runs, task = runs_json["links"], runs_json["runs"], runs_json["tasks"][0]
     variants = sorted({r["variant"] for r in runs if r["task"] == task and r["seed"] not in (None, "None")})
-    async with Browser() as b:
+    async with Browser(shots=out) as b:
         await check_runs_table(b, c, base + links["runs"], runs)
         await b.evaluate(CLOSE_ASSISTANT_JS)  # MLflow opens its assistant on a first visit; a user closes it
         await asyncio.sleep(0.5)
@@ -177,13 +180,24 @@ async def run_checks(base: str, runs_json: dict, out: Path, c: Checks) -> None:
         await b.screenshot(out / f"curves_{task}.png")
         await check_compare(b, c, base + links[f"compare/{task}"], task, runs)
         await b.screenshot(out / f"compare_{task}.png")
-        await check_two_clicks(b, c, base, runs_json["experiment_id"], task)
+    async with Browser(shots=out) as b:  # a new user: fresh profile, nothing remembered
+        await check_two_clicks(b, c, base + links["experiment"], runs_json["experiment_id"], task)
+
+
+def shrink(src: Path, dst: Path, width: int = 1200) -> None:
+    """A small copy for the README: scaled to `width` and reduced to a 256-colour palette."""
+    from PIL import Image
+
+    img = Image.open(src).convert("RGB")
+    img = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
+    img.quantize(colors=256).save(dst, optimize=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default="results/smoke", help="a finished study's results/<study>/")
     ap.add_argument("--out", default=None, help="where the screenshots go (default <results>/ui-check)")
+    ap.add_argument("--readme-png", default=None, help="also write the chart view, small, here (docs/mlflow-ui-curves.png)")
     args = ap.parse_args(argv)
     results = Path(args.results)
     runs_path, db = results / "tracking" / "runs.json", results / "mlflow.db"
@@ -207,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_server(server)
     c.check(server.poll() is not None, f"mlflow server pid {server.pid} stopped")
+    if args.readme_png and not c.failed:
+        shrink(out / f"curves_{runs_json['tasks'][0]}.png", Path(args.readme_png))
     print(f"screenshots in {out}; {time.monotonic() - t0:.0f} s")
     print(f"{c.passed} passed, {len(c.failed)} failed")
     return 1 if c.failed else 0

@@ -196,6 +196,8 @@ def add_review_fields(entries: list[dict]) -> list[dict]:
         base = avg[(e["task"], "sft_init")][0]
         scores = avg[(e["task"], e["variant"])]
         e["tags"]["collapsed"] = str(run and is_collapsed(sum(scores) / len(scores), base)).lower()
+        if not run:  # a reference row sorts and groups beside the variants: no divergence, its own design
+            e["tags"] = {"divergence": "none", "design": e["variant"], **e["tags"]}
         e["params"] = {"task": e["task"], "variant": e["variant"], **({"seed": e["seed"]} if run else {}), **e["params"]}
         if e.get("metrics_jsonl"):
             e["summary_metrics"] = bias_summary(e["metrics_jsonl"])

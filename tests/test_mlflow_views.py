@@ -38,7 +38,8 @@ def test_review_fields_flag_collapse_against_sft_init_and_summarise_the_bias_met
                      ("forward_kl-opd", 1): "true", ("forward_kl-opd_plus", 0): "false", ("forward_kl-opd_plus", 1): "false"}
     run = entries[2]
     assert run["params"]["task"] == "math" and run["params"]["variant"] == "forward_kl-opd" and run["params"]["seed"] == 0
-    assert "seed" not in entries[0]["params"]  # a reference row has no seed
+    assert "seed" not in entries[0]["params"]  # a reference row has no seed, no divergence, its own design
+    assert (entries[0]["tags"]["divergence"], entries[0]["tags"]["design"]) == ("none", "sft_init")
     assert run["summary_metrics"] == pytest.approx({"bias_summary/cos_expected_mean": 0.6, "bias_summary/cos_sampled_mean": 0.2})
     assert tracking.is_collapsed(0.1, 0.2) and not tracking.is_collapsed(0.2, 0.2)
 

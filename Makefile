@@ -7,8 +7,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.opdpipe-installed
 CONFIG ?= configs/default.yaml
 CORES ?= all
-SMK := $(VENV)/bin/snakemake --cores $(CORES) --configfile $(CONFIG) --rerun-incomplete
-STUDY = $(shell $(PY) -c "import yaml; print(yaml.safe_load(open('$(CONFIG)'))['study'])")
+# Values reach recipes through the environment and are quoted there ("$$CONFIG"): nothing read from a
+# config file, nor given on the command line, is ever pasted into a shell command. Paths and URIs
+# come from `opdpipe where`, which validates the config first (a study name is a safe word).
+export CONFIG TASK VARIANT SEED
+SMK := $(VENV)/bin/snakemake --cores $(CORES) --configfile "$$CONFIG" --rerun-incomplete
+WHERE := $(PY) -m opdpipe.cli where "$$CONFIG"
 
 .PHONY: setup test test-ui reproduce variant mlflow-ui dry-run lint
 
@@ -29,19 +33,21 @@ reproduce: setup
 # Re-run one variant (train + evaluate) and refresh tracking and the report, nothing else:
 #   make variant TASK=math VARIANT=forward_kl-opd_plus SEED=0
 variant: setup
-	$(SMK) --forcerun results/$(STUDY)/$(TASK)/$(VARIANT)/seed$(SEED)/summary.json
+	target="$$($(WHERE) run --task "$$TASK" --variant "$$VARIANT" --seed "$$SEED")" && $(SMK) --forcerun "$$target"
 
 dry-run: setup
 	$(SMK) -n
 
 lint: setup
-	$(VENV)/bin/snakemake --lint --configfile $(CONFIG)
+	$(VENV)/bin/snakemake --lint --configfile "$$CONFIG"
 
-# The MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over the study's tracking store; prints the study's views first
+# The MLflow UI on http://127.0.0.1:$MLFLOW_PORT (default 5000) over the study's tracking store;
+# prints the addresses of the study's views first
 MLFLOW_PORT ?= 5000
+export MLFLOW_PORT
 mlflow-ui: setup
-	$(PY) -m opdpipe.mlflow_views results/$(STUDY)/tracking/runs.json --base http://127.0.0.1:$(MLFLOW_PORT)
-	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri sqlite:///$(CURDIR)/results/$(STUDY)/mlflow.db
+	$(PY) -m opdpipe.mlflow_views --config "$$CONFIG" --port "$$MLFLOW_PORT"
+	uri="$$($(WHERE) tracking-uri)" && $(VENV)/bin/mlflow ui --host 127.0.0.1 --port "$$MLFLOW_PORT" --backend-store-uri "$$uri"
 
 # The browser check: the smoke study (re-used when up to date), then its MLflow UI in headless Chromium
 test-ui: setup

@@ -15,6 +15,7 @@ wildcard_constraints:
     variant="|".join(v.replace("+", r"\+").replace(".", r"\.") for v in VARIANTS),
     seed=r"\d+",
     ref="teacher|sft_init",
+    bench="|".join(BENCHMARKS.fixed_names()),
 
 
 include: "workflow/rules/data.smk"
@@ -25,7 +26,15 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Every product of the study is a target, not only the report: an output that goes missing (say, a
+# killed forced re-run deleted a run's final/ and summary.json) is made again by a plain re-run,
+# instead of being skipped because the report downstream of it still exists.
 rule all:
     input:
-        f"{RESULTS}/report/report.html",
-        f"{RESULTS}/tracking/report_artifacts.json",
+        L.report_file("report.html"),
+        L.tracking_file("report_artifacts.json"),
+        all_evals(),
+        all_summaries(),
+        all_metrics(),
+        all_finals(),
+        all_benchmark_evals(),

@@ -6,13 +6,16 @@ shuffle, dropping train/validation records whose prompt is also in test.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
 
 from opdpipe.provenance import atomic_write_json, atomic_write_text, provenance, sha256_file
 from opdpipe.tasks import get_task
-from opdpipe.tasks.real import ADAPTERS
+from opdpipe.tasks.benchmarks import BENCHMARKS, check_benchmarks
+from opdpipe.tasks.graders import check_grader
+from opdpipe.tasks.real import ADAPTERS, SOURCE_GRADER, check_source
 
 SPLITS = ("test", "validation", "train")
 GENERATOR_VERSION = 1
@@ -32,7 +35,27 @@ def check_sizes(task: str, spec: dict) -> None:
                              f"{spec.get('knobs', {})} guarantees only {cap} distinct prompts")
 
 
-def make_splits(task: str, spec: dict, seed: int) -> dict[str, list[dict]]:
+def check_spec(task: str, spec: dict) -> None:
+    """Every check of one task block that needs no file: sizes, source, grader, benchmarks."""
+    check_sizes(task, spec)
+    where, source = f"tasks.{task}", spec.get("source", "synthetic")
+    if source == "synthetic":
+        given = sorted(k for k in ("path", "hf_id", "revision") if k in spec)
+        if given:
+            raise ValueError(f"{where}: {given} read a real source, but source = 'synthetic'; "
+                             f"allowed sources: synthetic, {', '.join(ADAPTERS)}")
+    else:
+        check_source(where, spec)
+    if spec.get("grader"):
+        check_grader(f"{where}.grader", task, spec["grader"])
+    if spec.get("benchmarks"):
+        if task != "math":
+            raise ValueError(f"{where}.benchmarks: the math benchmarks ({', '.join(BENCHMARKS.names())}) "
+                             f"need task math, not {task!r}")
+        check_benchmarks(f"{where}.benchmarks", spec["benchmarks"])
+
+
+def _split_records(task: str, spec: dict, seed: int) -> dict[str, list[dict]]:
     sizes, source = spec["sizes"], spec.get("source", "synthetic")
     if source == "synthetic":
         gen, seen, out = get_task(task).generate, set(), {}
@@ -42,7 +65,8 @@ def make_splits(task: str, spec: dict, seed: int) -> dict[str, list[dict]]:
         return out
     if source not in ADAPTERS:
         raise ValueError(f"tasks.{task}.source: unknown {source!r}; allowed: synthetic, {', '.join(ADAPTERS)}")
-    records = ADAPTERS[source](spec["path"], spec.get("split", "train"))
+    block = {k: spec[k] for k in ("path", "hf_id", "revision") if k in spec}
+    records = ADAPTERS[source](block, spec.get("split", "train"))
     random.Random(seed).shuffle(records)
     test = records[:sizes["test"]]
     test_prompts = {e["prompt"] for e in test}
@@ -51,14 +75,29 @@ def make_splits(task: str, spec: dict, seed: int) -> dict[str, list[dict]]:
             "train": rest[sizes["validation"]:sizes["validation"] + sizes["train"]]}
 
 
+def grader_name(spec: dict) -> str | None:
+    """The grader a task's records name: the config's, else the real source's default, else none
+    (synthetic records then keep their task's own scorer, and their files stay byte-identical)."""
+    return spec.get("grader") or SOURCE_GRADER.get(spec.get("source", "synthetic"))
+
+
+def make_splits(task: str, spec: dict, seed: int) -> dict[str, list[dict]]:
+    """The split records, each naming its grader where the spec has one (see ``grader_name``)."""
+    splits, grader = _split_records(task, spec, seed), grader_name(spec)
+    if grader:
+        splits = {s: [{**r, "grader": grader} for r in rows] for s, rows in splits.items()}
+    return splits
+
+
 def run(task: str, spec: dict, seed: int, out_dir: str | Path) -> dict:
     """Write <out_dir>/{train,validation,test}.jsonl and manifest.json; return the manifest."""
     get_task(task)
-    check_sizes(task, spec)
+    check_spec(task, spec)
     out_dir = Path(out_dir)
     splits = make_splits(task, spec, seed)
+    grader = grader_name(spec)
     manifest = {"task": task, "spec": spec, "generator_version": GENERATOR_VERSION, "splits": {},
-                **provenance({"task": task, "spec": spec}, seed)}
+                **({"grader": grader} if grader else {}), **provenance({"task": task, "spec": spec}, seed)}
     for split, rows in splits.items():
         path = out_dir / f"{split}.jsonl"
         atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
@@ -71,5 +110,52 @@ def run(task: str, spec: dict, seed: int, out_dir: str | Path) -> dict:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSON Lines file; a malformed line raises ValueError naming the file and the line."""
+    rows = []
     with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {i} is not valid JSON ({err.msg}): {line[:80]!r}") from None
+    return rows
+
+
+def load_split(data_dir: str | Path, split: str, log=print) -> list[dict]:
+    """One split of a prepared task, checked against the sha256 in its manifest.
+
+    A synthetic split that was changed or damaged after the data stage wrote it is set aside
+    (``<split>.jsonl.corrupt.<n>``) and regenerated from the manifest's spec and seed (deterministic: the
+    result must match the manifest again). A real-data split is not regenerated: the error names it.
+    """
+    data_dir = Path(data_dir)
+    path, manifest = data_dir / f"{split}.jsonl", json.loads((data_dir / "manifest.json").read_text())
+    want = manifest["splits"][split]["sha256"]
+    if path.exists() and sha256_file(path) == want:
+        return read_jsonl(path)
+    if manifest["spec"].get("source", "synthetic") != "synthetic":
+        raise ValueError(f"{path} is missing or does not match its manifest (sha256 {want[:12]}...); it was changed "
+                         "after the data stage wrote it: delete the folder to prepare the data again")
+    _set_aside(path, log)
+    rows = make_splits(manifest["task"], manifest["spec"], manifest["seed"])[split]
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    if hashlib.sha256(text.encode()).hexdigest() != want:
+        raise ValueError(f"{path}: regenerated split does not match its manifest; the generator changed "
+                         f"(version {GENERATOR_VERSION}); delete {data_dir} to prepare the data again")
+    atomic_write_text(path, text)
+    log(f"{path} regenerated from its manifest")
+    return rows
+
+
+def _set_aside(path: Path, log) -> None:
+    n = 0
+    while path.with_name(f"{path.name}.corrupt.{n}").exists():
+        n += 1
+    try:
+        path.rename(path.with_name(f"{path.name}.corrupt.{n}"))
+        log(f"warning: {path} does not match its manifest (changed or damaged); moved to "
+            f"{path.name}.corrupt.{n}")
+    except FileNotFoundError:  # missing, or another job set it aside first
+        pass

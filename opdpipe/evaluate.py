@@ -11,6 +11,7 @@ per-sample outputs. The same numbers come out of the plain CLI:
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -23,10 +24,13 @@ from opdpipe.provenance import atomic_write_json, provenance
 TEMPLATES = Path(__file__).parent / "lmeval_tasks"
 
 
-def render_tasks(task: str, data_file: str | Path, k: int, max_gen_toks: int, dest: str | Path) -> list[str]:
+def render_tasks(task: str, data_file: str | Path, k: int, max_gen_toks: int, dest: str | Path,
+                 until: tuple[str, ...] = ("\n",)) -> list[str]:
+    """``until``: stop strings (the embedded tasks stop at a newline; long-form math at EOS only)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    fields = {"task": task, "data_file": str(Path(data_file).resolve()), "k": k, "max_gen_toks": max_gen_toks}
+    fields = {"task": task, "data_file": str(Path(data_file).resolve()), "k": k, "max_gen_toks": max_gen_toks,
+              "until": json.dumps(list(until))}
     for tmpl in ("greedy", "sampled"):
         text = (TEMPLATES / f"{tmpl}.yaml.tmpl").read_text().format(**fields)
         (dest / f"opd_{task}_{tmpl}.yaml").write_text(text)
@@ -42,7 +46,7 @@ def _metric(res: dict, name: str) -> tuple[float, float]:
 
 def run(checkpoint: str | Path, task: str, data_file: str | Path, out_json: str | Path, k: int = 8,
         max_gen_toks: int = 48, batch_size: int = 64, limit: int | None = None, seed: int = 0,
-        threads: int = 1, label: str = "") -> dict:
+        threads: int = 1, label: str = "", until: tuple[str, ...] = ("\n",)) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(threads)
     if not (Path(checkpoint) / "config.json").exists():
@@ -52,7 +56,7 @@ def run(checkpoint: str | Path, task: str, data_file: str | Path, out_json: str 
 
     out_json = Path(out_json)
     task_dir = out_json.parent / "lmeval_tasks"
-    names = render_tasks(task, data_file, k, max_gen_toks, task_dir)
+    names = render_tasks(task, data_file, k, max_gen_toks, task_dir, until)
     t0 = time.perf_counter()
     res = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={Path(checkpoint).resolve()},dtype=float32", tasks=names,

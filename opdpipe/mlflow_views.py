@@ -22,8 +22,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlencode
 
-from opdpipe.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
-
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"  # = model training
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
 NOTE_TAG = "mlflow.note.content"
 DEFAULT_UI = "http://127.0.0.1:5000"
@@ -178,14 +177,28 @@ def describe(runs_json: str | Path, base: str = DEFAULT_UI) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Print the MLflow UI URLs of a study.")
-    ap.add_argument("runs_json", help="results/<study>/tracking/runs.json")
-    ap.add_argument("--base", default=DEFAULT_UI, help=f"the UI's address (default {DEFAULT_UI})")
+    ap = argparse.ArgumentParser(description="Print the MLflow UI addresses of a study's views.")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="the study's config (its runs.json is found through opdpipe.layout)")
+    src.add_argument("--runs-json", help="a study's tracking/runs.json")
+    ap.add_argument("--port", type=int, default=5000, help="the port of the UI on 127.0.0.1 (default 5000)")
     args = ap.parse_args(argv)
-    if not Path(args.runs_json).exists():
-        print(f"{args.runs_json}: missing; run the study first (make reproduce)", file=sys.stderr)
+    if not 0 < args.port < 65536:
+        ap.error(f"--port = {args.port}: a TCP port is 1..65535")
+    runs_json = args.runs_json
+    if args.config:
+        from opdpipe.config import ConfigError, load
+        from opdpipe.layout import Layout
+
+        try:
+            runs_json = Layout.for_study(load(args.config)["study"]).tracking_file("runs.json")
+        except (ConfigError, ValueError) as err:
+            print(err, file=sys.stderr)
+            return 2
+    if not Path(runs_json).exists():
+        print(f"{runs_json}: missing; run the study first (make reproduce)", file=sys.stderr)
         return 2
-    print(describe(args.runs_json, args.base))
+    print(describe(runs_json, f"http://127.0.0.1:{args.port}"))
     return 0
 
 

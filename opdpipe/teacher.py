@@ -14,17 +14,18 @@ from pathlib import Path
 
 import torch
 
-from opdpipe.data import read_jsonl
+from opdpipe.data import load_split
 from opdpipe.generation import greedy_accuracy
 from opdpipe.models import build_model, load_model, num_params, resolve_pretrained, save_checkpoint
 from opdpipe.provenance import atomic_write_json, atomic_write_text, config_hash, provenance, read_json
 from opdpipe.sft import train_sft
 from opdpipe.tasks import get_task
+from opdpipe.tasks.graders import scorer_for
 from opdpipe.tokenizer import check_encodable, load_tokenizer
 
 
 def load_splits(data_dir: str | Path) -> dict[str, list[dict]]:
-    return {s: read_jsonl(Path(data_dir) / f"{s}.jsonl") for s in ("train", "validation", "test")}
+    return {s: load_split(data_dir, s) for s in ("train", "validation", "test")}
 
 
 def training_pairs(task, examples: list[dict], error_frac: float, seed: int) -> list:
@@ -42,7 +43,7 @@ def training_pairs(task, examples: list[dict], error_frac: float, seed: int) -> 
 
 def run(task: str, cfg: dict, data_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
         seed: int, threads: int = 1, log=print) -> dict:
-    """cfg: {'teacher': {...}, 'student': {'sft': {'num_examples': N}}, 'max_new_tokens': T}."""
+    """cfg: {'teacher': {...}, 'num_completions': N (the SFT-init student's examples), 'max_new_tokens': T}."""
     torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     data_manifest = read_json(Path(data_dir) / "manifest.json")
@@ -51,6 +52,7 @@ def run(task: str, cfg: dict, data_dir: str | Path, tokenizer_dir: str | Path, o
         log(f"teacher for {task}: up to date, nothing to do")
         return read_json(out_dir / "manifest.json")
     T, tok, splits = get_task(task), load_tokenizer(tokenizer_dir), load_splits(data_dir)
+    score = scorer_for(task, splits["train"] + splits["validation"])  # the records' grader, else the task's
     check_encodable(tok, [e["prompt"] + e["target"] for s in splits.values() for e in s], f"task {task}")
     tcfg, t0 = cfg["teacher"], time.perf_counter()
     if "hf_id" in tcfg:
@@ -62,13 +64,13 @@ def run(task: str, cfg: dict, data_dir: str | Path, tokenizer_dir: str | Path, o
         train_stats = train_sft(model, tok, pairs, tr["steps"], tr["batch_size"], tr["lr"], seed, log=log)
     t_train = time.perf_counter() - t0
     save_checkpoint(model, tok, out_dir / "checkpoint")
-    val_acc, _ = greedy_accuracy(model, tok, splits["validation"], T.score, cfg["max_new_tokens"])
+    val_acc, _ = greedy_accuracy(model, tok, splits["validation"], score, cfg["max_new_tokens"])
     log(f"teacher {task}: validation greedy accuracy {val_acc:.3f}")
     t1 = time.perf_counter()
-    prompts = splits["train"][:cfg["student"]["sft"]["num_examples"]]
-    acc, outs = greedy_accuracy(model, tok, prompts, T.score, cfg["max_new_tokens"])
+    prompts = splits["train"][:cfg["num_completions"]]
+    acc, outs = greedy_accuracy(model, tok, prompts, score, cfg["max_new_tokens"])
     atomic_write_text(out_dir / "completions.jsonl", "".join(
-        json.dumps({"id": e["id"], "prompt": e["prompt"], "completion": o, "correct": T.score(o, e["answer"])},
+        json.dumps({"id": e["id"], "prompt": e["prompt"], "completion": o, "correct": score(o, e["answer"])},
                    sort_keys=True) + "\n" for e, o in zip(prompts, outs)))
     manifest = {"task": task, "num_params": num_params(model), "validation_greedy_acc": val_acc,
                 "completions": {"count": len(outs), "accuracy": acc}, "train": train_stats,

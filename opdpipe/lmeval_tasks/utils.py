@@ -1,9 +1,9 @@
 """lm-eval hooks for opdpipe tasks: thin wrappers over the tested scoring in ``opdpipe.tasks``."""
-from opdpipe.tasks import get_task
+from opdpipe.tasks.graders import score_record
 
 
 def _score(doc, response):
-    return get_task(doc["task"]).score(response, doc["answer"])
+    return score_record(doc, response)  # the doc's grader, else its task's own scorer
 
 
 def keep_all(resps, docs):

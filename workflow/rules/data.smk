@@ -1,29 +1,44 @@
-# Stage 1: data preparation and the shared tokenizer.
+# Stage 1: data preparation (training data and the math benchmarks) and the shared tokenizer.
 
 
 rule prepare_data:
     output:
-        train=f"{RESULTS}/data/{{task}}/train.jsonl",
-        validation=f"{RESULTS}/data/{{task}}/validation.jsonl",
-        test=f"{RESULTS}/data/{{task}}/test.jsonl",
-        manifest=f"{RESULTS}/data/{{task}}/manifest.json",
+        train=L.data_file("{task}", "train"),
+        validation=L.data_file("{task}", "validation"),
+        test=L.data_file("{task}", "test"),
+        manifest=L.path("data", "{task}", "manifest.json"),
     params:
-        spec=lambda w: config["tasks"][w.task],
+        spec=task_spec,
         seed=config["seed"],
     conda:
         "../envs/opdpipe.yaml"
     log:
-        f"{RESULTS}/logs/prepare_data/{{task}}.log",
+        L.log("prepare_data", "{task}"),
     script:
         "../scripts/prepare_data.py"
 
 
-rule tokenizer:
+rule prepare_benchmark:
     output:
-        f"{RESULTS}/tokenizer/tokenizer.json",
+        test=L.bench_data_file("{task}", "{bench}"),
+        manifest=L.bench_data_file("{task}", "{bench}", "manifest.json"),
+    params:
+        source=benchmark_source,
+        grader=BENCHMARK_GRADER,
     conda:
         "../envs/opdpipe.yaml"
     log:
-        f"{RESULTS}/logs/tokenizer.log",
+        L.log("prepare_benchmark", "{task}", "{bench}"),
+    script:
+        "../scripts/prepare_benchmark.py"
+
+
+rule tokenizer:
+    output:
+        L.tokenizer_file(),
+    conda:
+        "../envs/opdpipe.yaml"
+    log:
+        L.log("tokenizer"),
     script:
         "../scripts/tokenizer.py"

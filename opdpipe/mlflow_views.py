@@ -129,14 +129,16 @@ def links(experiment_id: str, tasks: list[str], rows: list[dict]) -> dict[str, s
     return out
 
 
-def note(links_: dict[str, str], tasks: list[str]) -> str:
-    """The experiment's description (markdown): the same views, one click from the experiment page."""
-    lines = ["**opdpipe study views**", "", f"- [runs table]({links_['runs']})",
-             f"- [runs grouped by task and variant (mean over seeds)]({links_['by_variant']})"]
-    for task in tasks:
-        lines.append(f"- {task}: [OPD vs OPD+ training curves]({links_[f'curves/{task}']}), "
-                     f"[compare page]({links_[f'compare/{task}']})")
-    return "\n".join(lines)
+def note(links_: dict[str, str], tasks: list[str], limit: int = 20000) -> str:
+    """The experiment's description (markdown): the same views, two clicks from the experiment page
+    (expand it, follow a link). Compare links are left out if they would pass MLflow's 20,000-character
+    limit on an experiment tag (a study of hundreds of runs)."""
+    head = ["**opdpipe study views**", "", f"- [runs table]({links_['runs']})",
+            f"- [runs grouped by task and variant (mean over seeds)]({links_['by_variant']})"]
+    full = head + [f"- {task}: [OPD vs OPD+ training curves]({links_[f'curves/{task}']}), "
+                   f"[compare page]({links_[f'compare/{task}']})" for task in tasks]
+    short = head + [f"- {task}: [OPD vs OPD+ training curves]({links_[f'curves/{task}']})" for task in tasks]
+    return "\n".join(full) if len("\n".join(full)) <= limit else "\n".join(short)
 
 
 def publish(client, experiment_id: str, tasks: list[str], rows: list[dict]) -> dict[str, str]:

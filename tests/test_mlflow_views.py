@@ -61,7 +61,8 @@ def test_views_are_published_as_experiment_tags_and_links(study):
     curves = json.loads(tags["mlflow.sharedViewState.opdpipe-curves-math"])
     assert [c["metricKey"] for c in curves["compareRunCharts"]] == mlflow_views.CURVES
     assert curves["searchFilter"] == "tags.task = 'math' AND tags.kind = 'run'"
-    assert links["curves/math"] in tags["mlflow.note.content"]
+    assert links["curves/math"] in tags["mlflow.note.content"] and links["compare/math"] in tags["mlflow.note.content"]
+    assert links["compare/math"] not in mlflow_views.note(links, ["math"], limit=600)  # too long: curves only
     assert links["curves/math"].endswith("viewStateShareKey=opdpipe-curves-math&compareRunsMode=CHART&workflowType=machine_learning")
     seeds = [r["run_id"] for r in rows if r["seed"] not in (None, "None")]
     assert len(seeds) == 4 and all(i in links["compare/math"] for i in seeds)

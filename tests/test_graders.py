@@ -108,6 +108,8 @@ def test_real_sources_stamp_their_grader_and_synthetic_files_stay_unchanged(tmp_
     assert "grader" not in (tmp_path / "m" / "test.jsonl").read_text()
     data.run("math", {**synth, "grader": "math_verify"}, 0, tmp_path / "mv")
     assert all(json.loads(x)["grader"] == "math_verify" for x in (tmp_path / "mv" / "test.jsonl").read_text().splitlines())
+    (tmp_path / "mv" / "test.jsonl").write_text("damaged\n")  # regenerated, grader and all, to its manifest sha
+    assert {r["grader"] for r in data.load_split(tmp_path / "mv", "test", log=lambda m: None)} == {"math_verify"}
 
 
 def test_math_verify_agrees_with_the_embedded_scorer_on_default_style_responses():

@@ -145,8 +145,8 @@ def test_the_report_rule_declares_every_figure_it_writes(smoke):
 
 
 def test_a_math_benchmark_joins_the_study_without_rerunning_it(smoke, tmp_path):
-    """Adding AIME24 (a fixture in its hub columns) schedules its data, lm-eval jobs and the report only,
-    and the report gains its table."""
+    """Adding AIME24 (a fixture in its hub columns) schedules its data, its lm-eval jobs, the MLflow mirror
+    (the config it logs changed) and the report, nothing upstream; the report gains its table."""
     work = tmp_path / "bench"
     shutil.copytree(smoke, work, symlinks=True)
     cfg = yaml.safe_load((work / "configs" / "smoke.yaml").read_text())
@@ -156,7 +156,7 @@ def test_a_math_benchmark_joins_the_study_without_rerunning_it(smoke, tmp_path):
     out = r.stdout + r.stderr
     counts = _rule_counts(out)
     assert counts == {"prepare_benchmark": 1, "evaluate_benchmark_variant": 3, "evaluate_benchmark_reference": 2,
-                      "report": 1, "track_report": 1, "all": 1, "total": 9}, out
+                      "track": 1, "report": 1, "track_report": 1, "all": 1, "total": 10}, out
     r = _smk(work, "--cores", "2", config="configs/bench.yaml")
     assert r.returncode == 0, r.stderr[-4000:]
     res = work / "results" / "smoke"

@@ -18,7 +18,7 @@ WHERE := $(PY) -m opdpipe.cli where "$$CONFIG"
 # make test keeps its local smoke run here; make test-cluster compares the SLURM run with it
 SMOKE_DIR := $(CURDIR)/.cache/smoke-local
 
-.PHONY: setup test test-cluster reproduce variant mlflow-ui dry-run lint
+.PHONY: setup test test-cluster test-ui reproduce variant mlflow-ui dry-run lint
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,17 @@ dry-run: setup
 lint: setup
 	$(VENV)/bin/snakemake --lint --configfile "$$CONFIG"
 
-# The MLflow UI on http://127.0.0.1:5000 over the study's tracking store
+# The MLflow UI on http://127.0.0.1:$MLFLOW_PORT (default 5000) over the study's tracking store;
+# prints the addresses of the study's views first
+MLFLOW_PORT ?= 5000
+export MLFLOW_PORT
 mlflow-ui: setup
-	uri="$$($(WHERE) tracking-uri)" && $(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$$uri"
+	$(PY) -m opdpipe.mlflow_views --config "$$CONFIG" --port "$$MLFLOW_PORT"
+	uri="$$($(WHERE) tracking-uri)" && $(VENV)/bin/mlflow ui --host 127.0.0.1 --port "$$MLFLOW_PORT" --backend-store-uri "$$uri"
+
+# The browser check: the smoke study (re-used when up to date), then its MLflow UI in headless Chromium
+# (re-uses the smoke study that make test keeps in $(SMOKE_DIR) where there is one)
+test-ui: setup
+	if [ -f $(SMOKE_DIR)/results/smoke/tracking/runs.json ]; then r=$(SMOKE_DIR)/results/smoke; else \
+	  $(VENV)/bin/snakemake --cores $(CORES) --configfile configs/smoke.yaml --rerun-incomplete && r=results/smoke; fi; \
+	$(PY) tests/browser/mlflow_ui_check.py --results "$$r" --out "$$r/ui-check"

@@ -32,6 +32,7 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         L.report_file("report.html"),
+        L.tracking_file("report_artifacts.json"),
         all_evals(),
         all_summaries(),
         all_metrics(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -17,8 +18,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from opdpipe import mlflow_views  # noqa: E402
 from opdpipe.divergences import DIVERGENCES, get_divergence  # noqa: E402
 from opdpipe.provenance import atomic_write_text, provenance  # noqa: E402
+from opdpipe.tracking import is_collapsed  # noqa: E402
 
 # two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30 (normal beyond)
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -65,7 +68,7 @@ def main_table(df: pd.DataFrame, tasks: list[str]) -> tuple[pd.DataFrame, dict]:
                 m, h = sub["avg_at_k"].iloc[0], 1.96 * sub["avg_se"].iloc[0]
             else:
                 m, h = mean_ci(list(sub["avg_at_k"]))
-            flag = vid not in ("teacher", "sft_init") and m < base
+            flag = vid not in ("teacher", "sft_init") and is_collapsed(m, base)
             collapsed[(task, vid)] = flag
             row[f"{task} avg@k"] = _fmt(m, h) + (" (collapsed)" if flag else "")
             row[f"{task} greedy"] = f"{100 * sub['greedy'].mean():.1f}"
@@ -170,6 +173,7 @@ def run(settings: dict, rows: list[dict], runs_json: str | Path, benchmarks: str
     for name, (key, ylabel, title, smooth) in FIGS.items():
         figure_curves(rows, tasks, variants, key, ylabel, out / "figures" / f"{name}.png", title, smooth)
     runs = json.loads(Path(runs_json).read_text())
+    table["MLflow"] = [mlflow_views.row_links(runs, vid) for vid in table["variant"]]
     runs_df = pd.DataFrame(runs["runs"])
     divs = list(dict.fromkeys([v["divergence"] for v in variants.values()] + DIVERGENCES.fixed_names()))
     k = int(df["k"].iloc[0])
@@ -177,7 +181,8 @@ def run(settings: dict, rows: list[dict], runs_json: str | Path, benchmarks: str
     sections = [
         (f"Main results (avg@{k} %, mean ± 95% CI over {len(seeds)} seed(s); greedy %)", table,
          "Teacher and SFT-init rows: one evaluation, interval ±1.96 stderr. A variant whose mean avg@k falls "
-         "below the SFT-init row is flagged (collapsed)."),
+         "below the SFT-init row is flagged (collapsed). MLflow links open the UI of `make mlflow-ui` "
+         f"({mlflow_views.DEFAULT_UI}): a row's runs per seed, the task's OPD-vs-OPD+ curves and compare page."),
         *([("Math benchmarks (avg@k %, mean ± 95% CI over seeds; greedy %; graded by math-verify)", bench, "")]
           if len(bench) else []),
         ("Training curves", ["curves", "sampled"],
@@ -196,6 +201,12 @@ def run(settings: dict, rows: list[dict], runs_json: str | Path, benchmarks: str
     return {"table": table.to_dict(orient="records"), "collapsed": {f"{t}/{v}": c for (t, v), c in collapsed.items()}}
 
 
+def _html_links(html: str) -> str:
+    """Markdown links and line breaks inside table cells, as HTML (pandas escaped them)."""
+    html = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r"<a href='\2'>\1</a>", html)
+    return html.replace("&lt;br&gt;", "<br>")
+
+
 def _render(study, meta, sections, out: Path) -> tuple[str, str]:
     head = (f"Study `{study}` — config hash `{meta['config_hash']}`, code `{meta['code_version']}`, "
             f"torch {meta['packages']['torch']}, transformers {meta['packages']['transformers']}, "
@@ -211,7 +222,7 @@ def _render(study, meta, sections, out: Path) -> tuple[str, str]:
         if isinstance(content, pd.DataFrame):
             escaped = content.map(lambda x: x.replace("|", "\\|") if isinstance(x, str) else x)
             md += [escaped.to_markdown(index=False) if len(content) else "(none)", ""]
-            html.append(content.to_html(index=False, na_rep=""))
+            html.append(_html_links(content.to_html(index=False, na_rep="")))
         else:
             for name in [content] if isinstance(content, str) else content:
                 md += [f"![{name}](figures/{name}.png)", ""]

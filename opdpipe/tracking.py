@@ -11,7 +11,10 @@ import os
 import time
 from pathlib import Path
 
+from opdpipe import mlflow_views
+
 KEY = "opdpipe.key"
+BIAS_SUMMARY = ("bias/cos_expected", "bias/cos_sampled", "bias/relerr_expected")  # averaged per run
 
 
 def default_uri(results_dir: str | Path) -> str:
@@ -38,7 +41,8 @@ def init_store(uri: str, study: str, artifact_dir: str | Path) -> dict:
     client = mlflow_client(uri)
     exp = client.get_experiment_by_name(experiment_name(study))
     exp_id = exp.experiment_id if exp else client.create_experiment(
-        experiment_name(study), artifact_location=Path(artifact_dir).resolve().as_uri())
+        experiment_name(study), artifact_location=Path(artifact_dir).resolve().as_uri(),
+        tags={mlflow_views.EXPERIMENT_KIND_TAG: mlflow_views.EXPERIMENT_KIND})  # model training
     parent = _find(client, exp_id, run_key(study, "_study", "_all", None))
     if parent is None:
         parent = client.create_run(exp_id, run_name=study, tags={KEY: run_key(study, "_study", "_all", None),
@@ -207,7 +211,8 @@ def track_entry(client, store: dict, study: str, entry: dict) -> str:
 
     key = run_key(study, entry["task"], entry["variant"], entry.get("seed"))
     params = {k: v[:6000] for k, v in flatten(entry["params"]).items()}
-    evals = {f"eval/{_safe(k)}": float(v) for k, v in entry["eval_metrics"].items()}
+    evals = {f"eval/{_safe(k)}": float(v) for k, v in entry["eval_metrics"].items()} | \
+        {k: float(v) for k, v in entry.get("summary_metrics", {}).items()}
     args = (client, store["experiment_id"], store["parent_run_id"], key, entry["name"], entry["tags"])
     run_id = get_run(*args, fresh=False)
     data = client.get_run(run_id).data
@@ -262,14 +267,65 @@ def mirror_study(uri: str, study: str, artifact_dir: str | Path, rows: list[dict
     files), close the study's parent run and return the runs read back from the store."""
     store = ensure_store(uri, study, artifact_dir, log)
     client = mlflow_client(uri)
+    entries = []
     for row in rows:
         run = row["seed"] is not None
-        entry = study_entry(row, world, variants[row["variant"]] if run else None,
-                            hparams[f"{row['task']}/{row['variant']}"] if run else None)
+        entries.append(study_entry(row, world, variants[row["variant"]] if run else None,
+                                   hparams[f"{row['task']}/{row['variant']}"] if run else None))
+    for entry in add_review_fields(entries):
         log(f"tracked {entry['name']} -> {track_entry(client, store, study, entry)}")
     back = read_back(uri, study)
     close_study(client, store, {**close_tags, "runs": len(back)})
     return back
+
+
+def is_collapsed(mean_avg_at_k: float, sft_init_avg_at_k: float) -> bool:
+    """A variant collapsed when its mean avg@k over seeds falls below the SFT-init student's."""
+    return mean_avg_at_k < sft_init_avg_at_k
+
+
+def bias_summary(metrics_jsonl: str | Path) -> dict[str, float]:
+    """Mean of each bias-meter reading over the run (`bias_summary/<name>_mean`); empty if never measured."""
+    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    out = {}
+    for key in BIAS_SUMMARY:
+        values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+        if values:
+            out[f"bias_summary/{key.split('/', 1)[1]}_mean"] = sum(values) / len(values)
+    return out
+
+
+def add_review_fields(entries: list[dict]) -> list[dict]:
+    """What a reviewer sorts and groups by, on every row: task / variant / seed as params too, the
+    collapsed flag of the variant (as a tag) and the bias-meter summary (as metrics)."""
+    avg: dict[tuple[str, str], list[float]] = {}
+    for e in entries:
+        avg.setdefault((e["task"], e["variant"]), []).append(e["eval_metrics"]["avg_at_k"])
+    for e in entries:
+        run = e.get("seed") is not None
+        base = avg[(e["task"], "sft_init")][0]
+        scores = avg[(e["task"], e["variant"])]
+        e["tags"]["collapsed"] = str(run and is_collapsed(sum(scores) / len(scores), base)).lower()
+        if not run:  # a reference row sorts and groups beside the variants: no divergence, its own design
+            e["tags"] = {"divergence": "none", "design": e["variant"], **e["tags"]}
+        e["params"] = {"task": e["task"], "variant": e["variant"], **({"seed": e["seed"]} if run else {}), **e["params"]}
+        if e.get("metrics_jsonl"):
+            e["summary_metrics"] = bias_summary(e["metrics_jsonl"])
+    return entries
+
+
+def publish_views(uri: str, study: str, rows: list[dict]) -> dict:
+    """The study's UI views (experiment tags) and their links, for runs.json: {experiment_id, tasks, links}."""
+    client = mlflow_client(uri)
+    exp_id = client.get_experiment_by_name(experiment_name(study)).experiment_id
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    return {"experiment_id": exp_id, "tasks": tasks, "links": mlflow_views.publish(client, exp_id, tasks, rows)}
+
+
+def log_report(client, store: dict, report_dir: str | Path) -> list[str]:
+    """The report (md, html, figures) as artifacts of the study's parent run, under report/."""
+    client.log_artifacts(store["parent_run_id"], str(report_dir), artifact_path="report")
+    return sorted(a.path for a in client.list_artifacts(store["parent_run_id"], "report"))
 
 
 def close_study(client, store: dict, tags: dict) -> None:
@@ -291,6 +347,7 @@ def read_back(uri: str, study: str) -> list[dict]:
         rows.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
                      "task": r.data.tags.get("task"), "variant": r.data.tags.get("variant"),
                      "seed": r.data.tags.get("seed"), "config_hash": r.data.tags.get("config_hash"),
+                     "collapsed": r.data.tags.get("collapsed"),
                      "avg_at_k": r.data.metrics.get("eval/avg_at_k"),
                      "greedy_acc": r.data.metrics.get("eval/greedy_acc")})
     return rows

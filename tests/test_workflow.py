@@ -43,6 +43,11 @@ def test_smoke_dag_produces_the_report(smoke):
     assert "Runs read back from MLflow" in md and "Advantage formulas" in md
     html = (rep / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 6
+    runs = json.loads((rep.parent / "tracking" / "runs.json").read_text())
+    for r in runs["runs"]:  # every row of the main table links to its MLflow run(s) and its task's comparison
+        assert f"(http://127.0.0.1:5000/{runs['links']['run/' + r['run_name']]})" in md
+        assert f"<a href='http://127.0.0.1:5000/{runs['links']['run/' + r['run_name']]}'>" in html
+    assert md.count(runs["links"]["curves/math"]) == 5  # one per row: teacher, SFT-init, three variants
     for fig in ("curves", "sampled", "grad_norm", "log_ratio", "length", "bias"):
         assert (rep / "figures" / f"{fig}.png").stat().st_size > 1000
 
@@ -57,6 +62,13 @@ def test_every_run_is_tracked_once_in_mlflow(smoke):
     assert steps == 4  # the curves made it into the store
     study = db.execute("select status, lifecycle_stage from runs where name = 'smoke'").fetchall()
     assert study == [("FINISHED", "active")]  # the study's parent run is closed once all rows are in
+    tags = dict(db.execute("select key, value from experiment_tags").fetchall())
+    assert tags["mlflow.experimentKind"] == "custom_model_development" and "mlflow.sharedViewState.opdpipe-by_variant" in tags
+    per_run = db.execute("select count(*) from tags where key = 'collapsed'").fetchone()[0]
+    bias = db.execute("select count(distinct run_uuid) from latest_metrics where key = 'bias_summary/cos_expected_mean'").fetchone()[0]
+    assert (per_run, bias) == (len(runs), 2 * 3 * 2)  # every row flagged; every trained run has its bias summary
+    logged = json.loads((smoke / "results" / "smoke" / "tracking" / "report_artifacts.json").read_text())["artifacts"]
+    assert logged == ["report/figures", "report/report.html", "report/report.md"]  # the report on the parent run
 
 
 def test_a_seed_evaluated_alone_matches_its_variant_job(smoke, tmp_path):
@@ -87,7 +99,8 @@ def test_complete_study_schedules_nothing_and_one_edit_reruns_one_variant(smoke)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-2000:]
     counts = _rule_counts(out)
-    assert counts == {"train": 4, "evaluate_variant": 2, "track": 1, "report": 1, "all": 1, "total": 9}, out
+    assert counts == {"train": 4, "evaluate_variant": 2, "track": 1, "report": 1, "track_report": 1, "all": 1,
+                      "total": 10}, out
 
 
 def _rule_counts(out: str) -> dict:
@@ -146,7 +159,7 @@ def test_a_math_benchmark_joins_the_study_without_rerunning_it(smoke, tmp_path):
     out = r.stdout + r.stderr
     counts = _rule_counts(out)
     assert counts == {"prepare_benchmark": 1, "evaluate_benchmark_variant": 3, "evaluate_benchmark_reference": 2,
-                      "track": 1, "report": 1, "all": 1, "total": 9}, out
+                      "track": 1, "report": 1, "track_report": 1, "all": 1, "total": 10}, out
     r = _smk(work, "--cores", "2", config="configs/bench.yaml")
     assert r.returncode == 0, r.stderr[-4000:]
     res = work / "results" / "smoke"

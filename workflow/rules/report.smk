@@ -25,3 +25,24 @@ rule report:
         L.log("report"),
     script:
         "../scripts/report.py"
+
+
+rule track_report:
+    # The report, as artifacts of the study's parent run in MLflow (report/ beside the child runs).
+    input:
+        store=rules.tracking_store.output[0],
+        md=rules.report.output.md,
+        html=rules.report.output.html,
+        figures=rules.report.output.figures,
+    output:
+        L.tracking_file("report_artifacts.json"),
+    params:
+        uri=TRACKING_URI,
+        study=STUDY,
+        results=study_root_of_store,
+    conda:
+        "../envs/opdpipe.yaml"
+    log:
+        L.log("track_report"),
+    script:
+        "../scripts/track_report.py"

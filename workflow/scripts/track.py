@@ -10,5 +10,7 @@ layout = Layout(p.results)
 uri = p.uri or default_tracking_uri(layout)
 rows = tracking.mirror_study(uri, p.study, layout.mlartifacts(), p.rows, p.world, p.variants, p.hparams,
                              {"config_hash": p.config_hash, "code_version": code_version()}, log=say)
-atomic_write_json(snakemake.output[0], {"uri": uri, "experiment": tracking.experiment_name(p.study), "runs": rows})
+views = tracking.publish_views(uri, p.study, rows)  # experiment_id, tasks and the UI links of the study's views
+atomic_write_json(snakemake.output[0], {"uri": uri, "experiment": tracking.experiment_name(p.study), **views,
+                                        "runs": rows})
 say(f"read back {len(rows)} runs")

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from opdpipe import bias_meter
 from opdpipe.advantages import compute_advantages, get_design
+from opdpipe.backends import accumulate, runtime
 from opdpipe.data import read_jsonl
 from opdpipe.divergences import clip_log_u, get_divergence
 from opdpipe.generation import decode_responses, greedy_accuracy, sample
@@ -60,6 +61,8 @@ DEFAULTS = {
     "bias_max_vocab": 4096,      # skip the bias meter above this vocabulary size
     "checkpoint_every": 20,      # resumable checkpoint every K steps (0 = only the final one)
     "threads": 1,                # torch threads
+    "logprob_chunk": 0,          # >0: log-probs `chunk` response positions at a time (no [B, T, V] tensor)
+    "micro_batch_size": 0,       # >0: gradient accumulation over micro-batches of this many rollouts
 }
 SCHEDULES = ("constant", "cosine")
 # In-progress state (checkpoints, streamed metrics) lives in <out>/work/, which no workflow declares
@@ -78,6 +81,7 @@ class RunSpec:
     data_dir: str         # holds train.jsonl and validation.jsonl
     out_dir: str
     hparams: dict = field(default_factory=dict)
+    backend: dict = field(default_factory=dict)  # pretrained models (opdpipe.backends.runtime); {} = embedded
 
     def cfg(self) -> dict:
         unknown = set(self.hparams) - set(DEFAULTS)
@@ -104,6 +108,9 @@ def validate(spec: RunSpec) -> dict:
     batch = cfg["prompts_per_step"] * cfg["group_size"]
     if cfg["num_substeps"] < 1 or batch % cfg["num_substeps"]:
         raise ValueError(f"opd.num_substeps = {cfg['num_substeps']!r} must divide the batch of {batch} rollouts")
+    for key in ("logprob_chunk", "micro_batch_size"):
+        if not isinstance(cfg[key], int) or cfg[key] < 0:
+            raise ValueError(f"opd.{key} = {cfg[key]!r}; allowed: 0 (off) or a positive integer")
     for key in ("student", "teacher"):
         if not (Path(getattr(spec, key)) / "config.json").exists():
             raise FileNotFoundError(f"{key} checkpoint {getattr(spec, key)!r} not found (no config.json)")
@@ -128,17 +135,25 @@ def train_step(state: "RunState", cfg: dict) -> dict:
     idx = torch.randint(len(state.train), (P,), generator=state.gen).tolist()
     prompts = [state.train[i] for i in idx]
     batch = [e for e in prompts for _ in range(G)]
-    s_ctx = _contexts(tok, prompts, "prompt", G)
-    t_ctx = _contexts(tok, prompts, "teacher_prompt", G) if any("teacher_prompt" in e for e in prompts) \
+    s_ctx = _contexts(state, prompts, "prompt", G)
+    t_ctx = _contexts(state, prompts, "teacher_prompt", G) if any("teacher_prompt" in e for e in prompts) \
         else s_ctx  # privileged-context hook: the teacher may see more than the student
-    roll = sample(state.student, s_ctx, cfg["max_new_tokens"], tok.eos_token_id, tok.pad_token_id,
-                  generator=state.gen)
+    if state.runtime is None:
+        roll = sample(state.student, s_ctx, cfg["max_new_tokens"], tok.eos_token_id, tok.pad_token_id,
+                      generator=state.gen)
+    else:
+        with state.runtime.autocast():
+            roll = state.runtime.engine.sample(state.student, s_ctx, cfg["max_new_tokens"], tok.eos_token_id,
+                                               tok.pad_token_id, state.rollout_gen)
     t1 = time.perf_counter()
     resp, mask = roll.response, roll.mask
-    lq = teacher_logprobs(state.teacher, t_ctx, resp, mask, tok.pad_token_id)  # [B, T]
+    lq = teacher_logprobs(state.teacher, t_ctx, resp, mask, tok.pad_token_id, cfg["logprob_chunk"])  # [B, T]
     t2 = time.perf_counter()
     minibatches = torch.arange(len(batch)).chunk(cfg["num_substeps"])
     state.student.train()
+    if state.runtime is not None:
+        return _finish_step(state, cfg, *accumulate.backend_update(state, cfg, s_ctx, resp, mask, lq, minibatches),
+                            batch, roll, s_ctx, t_ctx, (t0, t1, t2))
     # one minibatch: its gradient pass at theta_old also gives lp_old (same numbers, one pass fewer)
     lp_whole = sequence_logprobs(state.student, s_ctx, resp, mask, tok.pad_token_id) if len(minibatches) == 1 else None
     if lp_whole is not None:
@@ -161,8 +176,18 @@ def train_step(state: "RunState", cfg: dict) -> dict:
         grad_norms.append(torch.nn.utils.clip_grad_norm_(state.student.parameters(), cfg["max_grad_norm"]).item())
         state.opt.step()
         losses.append(loss.item())
+    return _finish_step(state, cfg, losses, grad_norms, log_u, clip_frac, adv_stats, loss_stats, batch, roll,
+                        s_ctx, t_ctx, (t0, t1, t2))
+
+
+def _finish_step(state, cfg, losses, grad_norms, log_u, clip_frac, adv_stats, loss_stats, batch, roll, s_ctx,
+                 t_ctx, times) -> dict:
+    t0, t1, t2 = times
+    tok, resp, mask = state.tok, roll.response, roll.mask
     state.sched.step()
     state.student.eval()
+    if state.runtime is not None:
+        state.runtime.engine.sync(state.student)
     t3 = time.perf_counter()
     n_tok = int(mask.sum())
     texts = decode_responses(tok, roll)
@@ -182,9 +207,11 @@ def train_step(state: "RunState", cfg: dict) -> dict:
     return metrics
 
 
-def _contexts(tok, prompts: list[dict], key: str, group_size: int) -> list[list[int]]:
-    """Token ids of each prompt's `key` field (falling back to "prompt"), repeated group_size times."""
-    ids = tok([e.get(key, e["prompt"]) for e in prompts])["input_ids"]
+def _contexts(state, prompts: list[dict], key: str, group_size: int) -> list[list[int]]:
+    """Token ids of each prompt's `key` field (falling back to "prompt"), repeated group_size times;
+    rendered by the one prompt function (opdpipe.backends.chat) when the models are pretrained."""
+    texts = [e.get(key, e["prompt"]) for e in prompts]
+    ids = state.tok(texts)["input_ids"] if state.runtime is None else state.runtime.encode(state.tok, texts)
     return [x for x in ids for _ in range(group_size)]
 
 
@@ -204,6 +231,8 @@ class RunState:
     design: object
     step: int = 0
     last_batch: tuple | None = None
+    runtime: object = None          # opdpipe.backends.runtime.Runtime for pretrained models; None = embedded
+    rollout_gen: torch.Generator | None = None  # on the student's device (the CPU: `gen` itself)
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
@@ -214,24 +243,34 @@ def _latest_checkpoint(out: Path) -> Path | None:
 
 def save_training_checkpoint(state: RunState, out: Path) -> None:
     with atomic_dir(out / WORK / "checkpoints" / f"step_{state.step:06d}") as tmp:
-        state.student.save_pretrained(str(tmp))
+        if state.runtime is None:
+            state.student.save_pretrained(str(tmp))
+        else:
+            runtime.save_resumable(state.student, tmp)
+        extra = {} if state.rollout_gen is None or state.rollout_gen is state.gen else \
+            {"rollout_generator": state.rollout_gen.get_state()}
         torch.save({"step": state.step, "optimizer": state.opt.state_dict(), "scheduler": state.sched.state_dict(),
                     "generator": state.gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    "python_rng": random.getstate()}, tmp / "trainer_state.pt")
+                    "python_rng": random.getstate(), **extra}, tmp / "trainer_state.pt")
     for old in sorted((out / WORK / "checkpoints").glob("step_*"))[:-1]:  # keep the newest only
         shutil.rmtree(old, ignore_errors=True)
 
 
 def build_state(spec: RunSpec, cfg: dict, out: Path, log) -> RunState:
-    tok = load_tokenizer(spec.student)
     resume = _latest_checkpoint(out)
-    student = load_model(resume or spec.student)
-    teacher = load_model(spec.teacher)
+    rt = None
+    if spec.backend:  # pretrained models: dtype, device, adapter, chat template (opdpipe.backends)
+        student, teacher, tok, rt = runtime.load_pair(spec.student, spec.teacher, spec.backend, resume)
+    else:
+        tok = load_tokenizer(spec.student)
+        student = load_model(resume or spec.student)
+        teacher = load_model(spec.teacher)
     check_compatible(tok, load_tokenizer(spec.teacher), student, teacher)
     for p in teacher.parameters():
         p.requires_grad_(False)
     torch.manual_seed(spec.seed)
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg["lr"],
+                            weight_decay=cfg["weight_decay"])
     total = cfg["steps"]
     sched_fn = lr_lambda(cfg["warmup_steps"], total) if cfg["lr_schedule"] == "cosine" else \
         (lambda s: min(1.0, (s + 1) / cfg["warmup_steps"]) if cfg["warmup_steps"] else 1.0)
@@ -240,11 +279,15 @@ def build_state(spec: RunSpec, cfg: dict, out: Path, log) -> RunState:
     train = read_jsonl(Path(spec.data_dir) / "train.jsonl")
     val = read_jsonl(Path(spec.data_dir) / "validation.jsonl")[:cfg["eval_size"]]
     state = RunState(student, teacher, tok, opt, sched, gen, train, val, get_task(spec.task).score,
-                     get_divergence(spec.divergence), get_design(spec.design))
+                     get_divergence(spec.divergence), get_design(spec.design), runtime=rt)
+    state.rollout_gen = gen if rt is None or rt.device.type == "cpu" else \
+        torch.Generator(device=rt.device).manual_seed(spec.seed)
     if resume is not None:
         ts = torch.load(resume / "trainer_state.pt", weights_only=False)
         opt.load_state_dict(ts["optimizer"]), sched.load_state_dict(ts["scheduler"])
         gen.set_state(ts["generator"]), torch.set_rng_state(ts["torch_rng"]), random.setstate(ts["python_rng"])
+        if "rollout_generator" in ts:
+            state.rollout_gen.set_state(ts["rollout_generator"])
         state.step = ts["step"]
         log(f"resuming from {resume} (step {state.step})")
     return state
@@ -292,7 +335,10 @@ def run(spec: RunSpec, callbacks: tuple[Callable[[int, dict], None], ...] = (), 
         if cfg["checkpoint_every"] and state.step % cfg["checkpoint_every"] == 0 and state.step < cfg["steps"]:
             save_training_checkpoint(state, out)
     bar.close()
-    save_checkpoint(state.student, state.tok, out / "final")
+    if state.runtime is None:
+        save_checkpoint(state.student, state.tok, out / "final")
+    else:
+        runtime.save_final(state.student, state.tok, out / "final")  # a LoRA adapter merged in
     rows = read_jsonl(metrics_path)
     atomic_write_text(out / "metrics.jsonl", metrics_path.read_text())
     summary = {"task": spec.task, "divergence": spec.divergence, "design": spec.design, "seed": spec.seed,
@@ -306,7 +352,8 @@ def run(spec: RunSpec, callbacks: tuple[Callable[[int, dict], None], ...] = (), 
 
 
 def _validate(state: RunState, cfg: dict) -> float:
-    acc, _ = greedy_accuracy(state.student, state.tok, state.val, state.score, cfg["max_new_tokens"])
+    encode = None if state.runtime is None else (lambda texts: state.runtime.encode(state.tok, texts))
+    acc, _ = greedy_accuracy(state.student, state.tok, state.val, state.score, cfg["max_new_tokens"], encode=encode)
     return acc
 
 

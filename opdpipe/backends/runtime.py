@@ -1,0 +1,79 @@
+"""The trainer's view of the backends: load the pair, run the student, save its checkpoints.
+
+`backend` is the RunSpec's block (empty for the embedded default, which keeps its own path):
+
+    {"teacher": {device, dtype, trust_remote_code},
+     "student": {device, dtype, trust_remote_code, gradient_checkpointing, adapter},
+     "chat": {template, kwargs}, "rollout": "hf"}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from opdpipe.backends import lora
+from opdpipe.backends.chat import check_chat, encode_prompts
+from opdpipe.backends.device import autocast, resolve_device, resolve_dtype
+from opdpipe.backends.loading import load_student, load_teacher
+from opdpipe.backends.rollout import get_engine
+from opdpipe.backends.vocab import check_vocab_agreement, load_checkpoint_tokenizer
+from opdpipe.provenance import atomic_dir
+
+ADAPTER_DIR = "adapter"  # inside a resumable checkpoint of a LoRA student
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype  # the student's compute dtype (autocast); master weights stay float32
+    chat: dict
+    engine: object
+    adapter: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    def autocast(self):
+        return autocast(self.device, self.dtype)
+
+    def encode(self, tok, texts: list[str]) -> list[list[int]]:
+        return encode_prompts(tok, texts, self.chat)
+
+
+def build_runtime(backend: dict) -> Runtime:
+    s = backend.get("student", {})
+    return Runtime(resolve_device(s.get("device", "cpu"), "student"), resolve_dtype(s.get("dtype", "float32"),
+                   "student"), check_chat(backend.get("chat")), get_engine(backend.get("rollout", "hf")),
+                   lora.check_adapter(s.get("adapter")))
+
+
+def load_pair(student_dir: str | Path, teacher_dir: str | Path, backend: dict, resume: Path | None):
+    """(student, teacher, tokenizer, runtime); a resumed LoRA student gets its saved adapter back."""
+    rt = build_runtime(backend)
+    s_block = backend.get("student", {})
+    tok = load_checkpoint_tokenizer(student_dir, s_block.get("trust_remote_code", False))
+    t_tok = load_checkpoint_tokenizer(teacher_dir, backend.get("teacher", {}).get("trust_remote_code", False))
+    check_vocab_agreement(t_tok, tok)
+    teacher = load_teacher(teacher_dir, backend.get("teacher", {}))
+    if rt.adapter is None:
+        student = load_student(resume or student_dir, s_block)
+    else:
+        student = load_student(student_dir, s_block)
+        student = lora.load_adapter(student, resume / ADAPTER_DIR) if resume else lora.attach_lora(student, rt.adapter)
+    return student, teacher, tok, rt
+
+
+def save_resumable(student, folder: Path) -> None:
+    """The trainable state of the student into `folder` (the adapter only, for a LoRA student)."""
+    if hasattr(student, "peft_config"):
+        student.save_pretrained(str(folder / ADAPTER_DIR))
+    else:
+        student.save_pretrained(str(folder))
+
+
+def save_final(student, tok, path: Path) -> None:
+    """The checkpoint lm-eval reads: plain transformers weights (a LoRA adapter merged in)."""
+    model = lora.merged(student) if hasattr(student, "peft_config") else student
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))

@@ -12,6 +12,7 @@ import jsonschema
 import yaml
 
 from opdpipe.advantages import ADVANTAGES
+from opdpipe.backends.study import check_study
 from opdpipe.data import check_sizes
 from opdpipe.divergences import DIVERGENCES
 from opdpipe.tasks import TASKS
@@ -59,10 +60,10 @@ def validate(config: dict) -> dict:
             check_sizes(task, spec)
         except ValueError as err:
             raise ConfigError(f"config error: {err}") from None
-    for role in ("teacher", "student"):
-        block = cfg[role]
-        if ("hf_id" in block) == ("model" in block):
-            raise ConfigError(f"config error at {role}: give exactly one of 'model' (built here) or 'hf_id'")
+    try:
+        check_study(cfg)  # model sources, devices, adapter, chat (opdpipe.backends.study)
+    except ValueError as err:
+        raise ConfigError(f"config error at {err}") from None
     if "model" in cfg["teacher"] and "train" not in cfg["teacher"]:
         raise ConfigError("config error at teacher: a model built here needs a 'train' block")
     for task, spec in cfg["tasks"].items():

@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 
 from opdpipe.data import read_jsonl
-from opdpipe.models import build_model, load_model, num_params, resolve_pretrained, save_checkpoint
+from opdpipe.backends.chat import render_prompt
+from opdpipe.backends.loading import is_pretrained, load_student, resolve_source
+from opdpipe.models import build_model, num_params, save_checkpoint
 from opdpipe.provenance import atomic_write_json, provenance
 from opdpipe.sft import train_sft
 from opdpipe.tokenizer import load_tokenizer
@@ -19,13 +21,17 @@ from opdpipe.tokenizer import load_tokenizer
 
 def run(task: str, cfg: dict, completions: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
         seed: int, threads: int = 1, log=print) -> dict:
-    """cfg: the study's 'student' block: {'model': {...} | 'hf_id', 'sft': {num_examples, steps, batch_size, lr}}."""
+    """cfg: the study's 'student' block: {'model': {...} | 'path' | 'hf_id', 'sft': {...}} (+ 'chat' when pretrained)."""
     torch.set_num_threads(threads)
     tok = load_tokenizer(tokenizer_dir)
     rows = read_jsonl(completions)[:cfg["sft"]["num_examples"]]
     if cfg["sft"].get("only_correct", False):
         rows = [r for r in rows if r["correct"]]
-    model = load_model(resolve_pretrained(cfg)) if "hf_id" in cfg else build_model(cfg["model"], tok, seed)
+    if is_pretrained(cfg):  # the base checkpoint, float32 master weights; prompts through the chat template
+        model = load_student(resolve_source(cfg, "student"), {k: v for k, v in cfg.items() if k != "adapter"})
+        rows = [{**r, "prompt": render_prompt(tok, r["prompt"], cfg.get("chat"))} for r in rows]
+    else:
+        model = build_model(cfg["model"], tok, seed)
     t0 = time.perf_counter()
     s = cfg["sft"]
     stats = train_sft(model, tok, [(r["prompt"], r["completion"]) for r in rows], s["steps"], s["batch_size"],

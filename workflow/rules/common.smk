@@ -32,8 +32,9 @@ def variant_of(w):
 
 def world_params(w):
     """What the teacher / SFT-init stages depend on."""
-    return {"teacher": teacher_config(config, w.task), "student": config["student"],
-            "max_new_tokens": config["tasks"][w.task]["max_new_tokens"]}
+    p = {"teacher": teacher_config(config, w.task), "student": config["student"],
+         "max_new_tokens": config["tasks"][w.task]["max_new_tokens"]}
+    return {**p, "chat": config["chat"]} if PRETRAINED else p
 
 
 def reference_checkpoint(w):
@@ -49,3 +50,38 @@ def all_evals():
     runs = [f"{d}/eval.json" for d in all_run_dirs()]
     refs = [f"{RESULTS}/{t}/{r}/eval.json" for t in TASKS for r in REFERENCES]
     return refs + runs
+
+
+# Pretrained models (opdpipe.backends): what the stages add for checkpoints with their own tokenizer.
+from opdpipe.backends.study import backend_block, is_pretrained_study, mini_pair_dir
+
+PRETRAINED = is_pretrained_study(config)
+BACKEND = backend_block(config)  # {} for the embedded world
+
+
+def mini_pair_outputs(w):
+    """The mini pair's folders when this study builds it first, else nothing."""
+    if "mini_pair" not in config:
+        return []
+    return [mini_pair_dir(STUDY, "teacher"), mini_pair_dir(STUDY, "student")]
+
+
+def student_params(w):
+    """The student block; a pretrained one carries the chat rendering its SFT prompts go through."""
+    return {**config["student"], "chat": config["chat"]} if PRETRAINED else config["student"]
+
+
+def eval_params(w):
+    """The eval block; a pretrained study adds the chat rendering, dtype and device of lm-eval."""
+    if not PRETRAINED:
+        return config["eval"]
+    s = config["student"]
+    return {**config["eval"], "chat": config["chat"], "dtype": s.get("dtype", "float32"),
+            "device": s.get("device", "cpu")}
+
+
+def tokenizer_params(w):
+    """Where the study's tokenizer comes from: the character tokenizer, or the checkpoints'."""
+    if not PRETRAINED:
+        return {"kind": "char"}
+    return {"kind": "checkpoint", "teacher": config["teacher"], "student": config["student"]}

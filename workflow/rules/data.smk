@@ -19,8 +19,12 @@ rule prepare_data:
 
 
 rule tokenizer:
+    input:
+        mini_pair_outputs,
     output:
         f"{RESULTS}/tokenizer/tokenizer.json",
+    params:
+        source=tokenizer_params,
     conda:
         "../envs/opdpipe.yaml"
     log:

@@ -10,7 +10,7 @@ rule evaluate_variant:
     output:
         [f"{RESULTS}/{{task}}/{{variant}}/seed{s}/eval.json" for s in SEEDS],
     params:
-        eval=config["eval"],
+        eval=eval_params,
         max_gen_toks=lambda w: config["tasks"][w.task]["max_new_tokens"],
         seeds=SEEDS,
         labels=lambda w: [f"{w.variant}/seed{s}" for s in SEEDS],
@@ -32,7 +32,7 @@ rule evaluate_reference:
     output:
         f"{RESULTS}/{{task}}/{{ref}}/eval.json",
     params:
-        eval=config["eval"],
+        eval=eval_params,
         max_gen_toks=lambda w: config["tasks"][w.task]["max_new_tokens"],
         seeds=[config["seed"]],
         labels=lambda w: [w.ref],

@@ -33,7 +33,7 @@ rule sft_init:
         checkpoint=directory(f"{RESULTS}/{{task}}/sft_init/checkpoint"),
         manifest=f"{RESULTS}/{{task}}/sft_init/manifest.json",
     params:
-        student=config["student"],
+        student=student_params,
         seed=config["seed"],
     threads: config["threads"]
     priority: 2

@@ -16,6 +16,7 @@ rule train:
         hparams=hparams,
         run_dir=run_dir,
         tracking_uri=TRACKING_URI,
+        backend=BACKEND,
     threads: config["threads"]
     priority: 1
     conda:

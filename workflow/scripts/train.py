@@ -9,7 +9,8 @@ spec = trainer.RunSpec(task=w.task, divergence=snakemake.params.variant["diverge
                        design=snakemake.params.variant["design"], seed=int(w.seed),
                        student=snakemake.input.student, teacher=snakemake.input.teacher,
                        data_dir=str(Path(snakemake.input.data).parent), out_dir=snakemake.params.run_dir,
-                       hparams={**snakemake.params.hparams, "threads": snakemake.threads})
+                       hparams={**snakemake.params.hparams, "threads": snakemake.threads},
+                       backend=snakemake.params.backend)
 live = tracking.LiveRun(snakemake.params.tracking_uri, snakemake.config["study"], w.task, w.variant, int(w.seed),
                         log=say)
 try:

@@ -63,6 +63,7 @@ DEFAULTS = {
     "threads": 1,                # torch threads
     "logprob_chunk": 0,          # >0: log-probs `chunk` response positions at a time (no [B, T, V] tensor)
     "micro_batch_size": 0,       # >0: gradient accumulation over micro-batches of this many rollouts
+    "rollout_batch_size": 0,     # >0: sample this many rollouts at a time (pretrained models)
 }
 SCHEDULES = ("constant", "cosine")
 # In-progress state (checkpoints, streamed metrics) lives in <out>/work/, which no workflow declares
@@ -108,7 +109,7 @@ def validate(spec: RunSpec) -> dict:
     batch = cfg["prompts_per_step"] * cfg["group_size"]
     if cfg["num_substeps"] < 1 or batch % cfg["num_substeps"]:
         raise ValueError(f"opd.num_substeps = {cfg['num_substeps']!r} must divide the batch of {batch} rollouts")
-    for key in ("logprob_chunk", "micro_batch_size"):
+    for key in ("logprob_chunk", "micro_batch_size", "rollout_batch_size"):
         if not isinstance(cfg[key], int) or cfg[key] < 0:
             raise ValueError(f"opd.{key} = {cfg[key]!r}; allowed: 0 (off) or a positive integer")
     for key in ("student", "teacher"):
@@ -147,7 +148,8 @@ def train_step(state: "RunState", cfg: dict) -> dict:
                                                tok.pad_token_id, state.rollout_gen)
     t1 = time.perf_counter()
     resp, mask = roll.response, roll.mask
-    lq = teacher_logprobs(state.teacher, t_ctx, resp, mask, tok.pad_token_id, cfg["logprob_chunk"])  # [B, T]
+    lq = teacher_logprobs(state.teacher, t_ctx, resp, mask, tok.pad_token_id, cfg["logprob_chunk"]) \
+        if state.runtime is None else accumulate.teacher_in_micro_batches(state, cfg, t_ctx, resp, mask)  # [B, T]
     t2 = time.perf_counter()
     minibatches = torch.arange(len(batch)).chunk(cfg["num_substeps"])
     state.student.train()
@@ -260,7 +262,8 @@ def build_state(spec: RunSpec, cfg: dict, out: Path, log) -> RunState:
     resume = _latest_checkpoint(out)
     rt = None
     if spec.backend:  # pretrained models: dtype, device, adapter, chat template (opdpipe.backends)
-        student, teacher, tok, rt = runtime.load_pair(spec.student, spec.teacher, spec.backend, resume)
+        student, teacher, tok, rt = runtime.load_pair(spec.student, spec.teacher, spec.backend, resume,
+                                                      cfg["rollout_batch_size"])
     else:
         tok = load_tokenizer(spec.student)
         student = load_model(resume or spec.student)

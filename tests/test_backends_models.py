@@ -98,3 +98,23 @@ def test_lora_targets_are_checked_and_the_merged_model_matches(mini_world, tmp_p
         a, b, base = plain(ids).logits, peft_model(ids).logits, loading.load_student(mini_world / "student", {})(ids).logits
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert (a - base).abs().max() > 1e-3  # the adapter changed the model: the check can fail
+
+
+def test_a_lora_student_keeps_its_base_in_bf16_and_its_adapter_in_float32(mini_world):
+    block = {"dtype": "bfloat16", "adapter": {"type": "lora", "rank": 4, "target_modules": "all-linear"}}
+    model = lora.attach_lora(loading.load_student(mini_world / "student", block), lora.check_adapter(block["adapter"]))
+    dtypes = {("lora_" in n, p.dtype) for n, p in model.named_parameters()}
+    assert dtypes == {(False, torch.bfloat16), (True, torch.float32)}
+
+
+def test_concatenated_rollout_batches_are_padded_alike():
+    from opdpipe.backends.rollout import concat_rollouts
+    from opdpipe.generation import Rollout
+
+    a = Rollout([[1]], torch.tensor([[5, 6, 2]]), torch.ones(1, 3, dtype=torch.long), torch.full((1, 3), -1.0),
+                torch.tensor([False]))
+    b = Rollout([[1, 1]], torch.tensor([[7, 2]]), torch.ones(1, 2, dtype=torch.long), torch.full((1, 2), -2.0),
+                torch.tensor([True]))
+    r = concat_rollouts([a, b], pad_id=0)
+    assert r.response.tolist() == [[5, 6, 2], [7, 2, 0]] and r.mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert r.logprobs.tolist() == [[-1, -1, -1], [-2, -2, 0]] and r.prompt_ids == [[1], [1, 1]]

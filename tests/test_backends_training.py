@@ -48,7 +48,20 @@ def test_bf16_autocast_and_gradient_checkpointing_train(mini_world, tiny_world, 
                "student": {**BACKEND["student"], "dtype": "bfloat16", "gradient_checkpointing": True}}
     s = trainer.run(_spec(mini_world, tiny_world, tmp_path, backend, steps=2), progress=False)
     assert torch.isfinite(torch.tensor(s["final"]["loss"]))
-    assert {p.dtype for p in _weights(tmp_path / "final").values()} == {torch.float32}  # fp32 master weights
+    # the frozen LoRA base is held in bf16; the merged checkpoint keeps that dtype
+    assert {p.dtype for p in _weights(tmp_path / "final").values()} == {torch.bfloat16}
+
+
+def test_full_fine_tuning_keeps_float32_master_weights_under_bf16_autocast(mini_world, tiny_world, tmp_path):
+    backend = {**BACKEND, "student": {"device": "cpu", "dtype": "bfloat16"}}
+    s = trainer.run(_spec(mini_world, tiny_world, tmp_path, backend, steps=2), progress=False)
+    assert torch.isfinite(torch.tensor(s["final"]["loss"]))
+    assert {p.dtype for p in _weights(tmp_path / "final").values()} == {torch.float32}
+
+
+def test_rollouts_sampled_in_batches_have_one_shape(mini_world, tiny_world, tmp_path):
+    s = trainer.run(_spec(mini_world, tiny_world, tmp_path, steps=2, rollout_batch_size=1), progress=False)
+    assert torch.isfinite(torch.tensor(s["final"]["loss"]))
 
 
 def test_a_killed_lora_run_resumes_to_the_same_weights(mini_world, tiny_world, tmp_path):
@@ -77,14 +90,16 @@ def test_rollouts_teacher_scoring_and_lm_eval_see_the_same_prompt_ids(mini_world
 
     from opdpipe import evaluate
 
+    from opdpipe import scoring
+
     seen = {}
-    real_teacher = trainer.teacher_logprobs
+    real_teacher = scoring.teacher_logprobs
 
     def spy_teacher(teacher, ctx, *a, **k):
         seen.setdefault("teacher", ctx)
         return real_teacher(teacher, ctx, *a, **k)
 
-    monkeypatch.setattr(trainer, "teacher_logprobs", spy_teacher)
+    monkeypatch.setattr(scoring, "teacher_logprobs", spy_teacher)
     data = tmp_path / "data"
     data.mkdir()
     rows = read_jsonl(tiny_world / "data" / "train.jsonl")[:2]

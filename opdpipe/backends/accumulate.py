@@ -27,6 +27,16 @@ def logprobs_in_micro_batches(lp_fn, rows: torch.Tensor, size: int) -> torch.Ten
     return torch.cat([lp_fn(r) for r in rows.split(size)], dim=0)
 
 
+def teacher_in_micro_batches(state, cfg, t_ctx, resp, mask) -> torch.Tensor:
+    """The frozen teacher's sampled-token log-probs [B, T], micro_batch_size rollouts per pass."""
+    from opdpipe.scoring import teacher_logprobs
+
+    rows = torch.arange(len(resp), device=resp.device)
+    return logprobs_in_micro_batches(lambda r: teacher_logprobs(
+        state.teacher, [t_ctx[i] for i in r.tolist()], resp[r], mask[r], state.tok.pad_token_id,
+        cfg["logprob_chunk"]), rows, cfg["micro_batch_size"] or len(resp))
+
+
 def accumulate(lp_fn, mb: torch.Tensor, size: int, lp_old, adv, mask, agg: str,
                clip_ratio) -> tuple[float, dict]:
     """Backward passes over the micro-batches of minibatch `mb` (row indices); returns (loss, stats)."""

@@ -70,8 +70,11 @@ def load_teacher(folder: str | Path, block: dict) -> torch.nn.Module:
 
 
 def load_student(folder: str | Path, block: dict) -> torch.nn.Module:
-    """The student: float32 master weights on its device (bf16 is autocast, not storage)."""
-    model = load_causal_lm(folder, "float32", block.get("device", "cpu"), block.get("trust_remote_code", False),
+    """The student on its device. Trained weights are float32 masters (bf16 is autocast, not storage);
+    under a LoRA adapter the frozen base is held in the block's dtype (peft keeps the adapter float32)."""
+    lora_on = (block.get("adapter") or {}).get("type", "none") == "lora"
+    dtype = block.get("dtype", "float32") if lora_on else "float32"
+    model = load_causal_lm(folder, dtype, block.get("device", "cpu"), block.get("trust_remote_code", False),
                            "student")
     if block.get("gradient_checkpointing", False):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

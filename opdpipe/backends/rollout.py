@@ -22,10 +22,19 @@ class RolloutEngine(Protocol):
 
 
 class HFEngine:
-    """Batched KV-cache sampling with the training model itself (opdpipe.generation.sample)."""
+    """Batched KV-cache sampling with the training model itself (opdpipe.generation.sample).
+
+    batch_size > 0 samples that many rollouts at a time (the KV cache of a whole step's rollouts at
+    long lengths does not fit one GPU: 147 KB per token for Qwen3-8B)."""
+
+    def __init__(self, batch_size: int = 0):
+        self.batch_size = batch_size
 
     def sample(self, model, prompt_ids, max_new_tokens, eos_id, pad_id, generator) -> Rollout:
-        return sample(model, prompt_ids, max_new_tokens, eos_id, pad_id, generator=generator)
+        size = self.batch_size or len(prompt_ids)
+        parts = [sample(model, prompt_ids[i:i + size], max_new_tokens, eos_id, pad_id, generator=generator)
+                 for i in range(0, len(prompt_ids), size)]
+        return parts[0] if len(parts) == 1 else concat_rollouts(parts, pad_id)
 
     def sync(self, model) -> None:
         pass
@@ -35,5 +44,17 @@ ENGINES: Registry = Registry("rollout engine")
 ENGINES.register("hf", HFEngine)
 
 
-def get_engine(name: str = "hf") -> RolloutEngine:
-    return ENGINES.get(name)()
+def get_engine(name: str = "hf", batch_size: int = 0) -> RolloutEngine:
+    return ENGINES.get(name)(batch_size)
+
+
+def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """One Rollout from several, responses right-padded to the longest (mask and log-probs 0 there)."""
+    T = max(r.response.shape[1] for r in parts)
+
+    def pad(t, value):
+        return torch.nn.functional.pad(t, (0, T - t.shape[1]), value=value)
+
+    return Rollout([p for r in parts for p in r.prompt_ids], torch.cat([pad(r.response, pad_id) for r in parts]),
+                   torch.cat([pad(r.mask, 0) for r in parts]), torch.cat([pad(r.logprobs, 0.0) for r in parts]),
+                   torch.cat([r.truncated for r in parts]))

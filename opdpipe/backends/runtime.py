@@ -40,16 +40,17 @@ class Runtime:
         return encode_prompts(tok, texts, self.chat)
 
 
-def build_runtime(backend: dict) -> Runtime:
+def build_runtime(backend: dict, rollout_batch_size: int = 0) -> Runtime:
     s = backend.get("student", {})
     return Runtime(resolve_device(s.get("device", "cpu"), "student"), resolve_dtype(s.get("dtype", "float32"),
-                   "student"), check_chat(backend.get("chat")), get_engine(backend.get("rollout", "hf")),
-                   lora.check_adapter(s.get("adapter")))
+                   "student"), check_chat(backend.get("chat")),
+                   get_engine(backend.get("rollout", "hf"), rollout_batch_size), lora.check_adapter(s.get("adapter")))
 
 
-def load_pair(student_dir: str | Path, teacher_dir: str | Path, backend: dict, resume: Path | None):
+def load_pair(student_dir: str | Path, teacher_dir: str | Path, backend: dict, resume: Path | None,
+              rollout_batch_size: int = 0):
     """(student, teacher, tokenizer, runtime); a resumed LoRA student gets its saved adapter back."""
-    rt = build_runtime(backend)
+    rt = build_runtime(backend, rollout_batch_size)
     s_block = backend.get("student", {})
     tok = load_checkpoint_tokenizer(student_dir, s_block.get("trust_remote_code", False))
     t_tok = load_checkpoint_tokenizer(teacher_dir, backend.get("teacher", {}).get("trust_remote_code", False))

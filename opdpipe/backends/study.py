@@ -64,6 +64,19 @@ def _check_local_pair(cfg: dict, chat: dict) -> None:
         check_vocab_agreement(t, s, "teacher.path / student.path")
         if chat["template"] == "auto" and not s.chat_template:
             raise ValueError(f"chat.template = 'auto', but {folders[1]} has no chat template; allowed: none")
+        adapter = lora.check_adapter(cfg["student"].get("adapter"))
+        if adapter:
+            lora.check_targets(_skeleton(folders[1], cfg["student"].get("trust_remote_code", False)), adapter)
+
+
+def _skeleton(folder: Path, trust_remote_code: bool):
+    """The model's module tree without its weights (meta device: free even at 8B)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(folder),
+                                                trust_remote_code=trust_remote_code))
 
 
 def backend_block(cfg: dict) -> dict:

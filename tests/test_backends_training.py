@@ -126,3 +126,19 @@ def test_rollouts_teacher_scoring_and_lm_eval_see_the_same_prompt_ids(mini_world
     assert rollout_ids == teacher_ids
     assert rollout_ids == by_prompt[rows[0]["prompt"]], (rollout_ids, by_prompt)
     assert ev["samples"][0]["context"].startswith("<|im_start|>user\n") and "<think>" in ev["samples"][0]["context"]
+
+
+def test_sft_init_through_the_lora_adapter_is_merged(mini_world, tiny_world, tmp_path):
+    import json
+
+    from opdpipe import student
+
+    rows = read_jsonl(tiny_world / "data" / "train.jsonl")[:8]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"prompt": e["prompt"], "completion": e["target"],
+                                                          "correct": True}) + "\n" for e in rows))
+    cfg = {"path": str(mini_world / "student"), "chat": MINI_CHAT, **BACKEND["student"],
+           "sft": {"num_examples": 8, "steps": 3, "batch_size": 4, "lr": 1e-2, "adapter": True}}
+    student.run("math", cfg, tmp_path / "c.jsonl", mini_world / "student", tmp_path / "out", seed=0)
+    final, base = _weights(tmp_path / "out" / "checkpoint"), _weights(mini_world / "student")
+    changed = {n for n in final if not torch.equal(final[n], base[n])}
+    assert changed and all(n.endswith(("q_proj.weight", "v_proj.weight")) for n in changed), changed

@@ -75,3 +75,15 @@ def test_cuda_on_a_machine_without_one_starts_no_job(mini, tmp_path):
     r = _smk(work, "--cores", "1", config="configs/cuda.yaml")
     assert r.returncode != 0 and "teacher.device = 'cuda', but" in r.stderr
     assert "Execute" not in r.stderr + r.stdout  # refused while the config was read
+
+
+def _dag_rules(config: str) -> set[str]:
+    r = _smk(ROOT, "-n", "--cores", "8", "--quiet", "rules", config=str(ROOT / config))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+    return {line.split()[0] for line in (r.stdout + r.stderr).splitlines()
+            if len(line.split()) == 2 and line.split()[1].isdigit()}
+
+
+def test_the_paper_dry_run_has_the_default_dag_shape():
+    assert _dag_rules("configs/paper.yaml") == _dag_rules("configs/default.yaml")
+    assert _dag_rules("configs/mini.yaml") == _dag_rules("configs/default.yaml") | {"mini_pair"}

@@ -33,6 +33,8 @@ def check_study(cfg: dict) -> None:
         raise ValueError("teacher / student: both must be pretrained checkpoints (path or hf_id) or both built "
                          "here (model); a built-here model has the character tokenizer, a checkpoint its own")
     lora.check_adapter(cfg["student"].get("adapter"))
+    if cfg["student"]["sft"].get("adapter") and lora.check_adapter(cfg["student"].get("adapter")) is None:
+        raise ValueError("student.sft.adapter = True: the student has no LoRA adapter (student.adapter) to train")
     if not is_pretrained_study(cfg):
         for role in ("teacher", "student"):
             extra = sorted(k for k in BACKEND_KEYS if k in cfg[role])

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from opdpipe import trainer
+from opdpipe.backends.study import backend_block
 from opdpipe.config import load, opd_hparams, variants
 
 
@@ -31,7 +32,8 @@ def main():
     hp = {**opd_hparams(cfg, args.task, args.variant), "threads": 1}
     with tempfile.TemporaryDirectory() as out:
         spec = trainer.RunSpec(args.task, v["divergence"], v["design"], 0, str(res / args.task / "sft_init" / "checkpoint"),
-                               str(res / args.task / "teacher" / "checkpoint"), str(res / "data" / args.task), out, hp)
+                               str(res / args.task / "teacher" / "checkpoint"), str(res / "data" / args.task), out, hp,
+                               backend_block(cfg))
         t0 = time.perf_counter()
         s = trainer.run(spec, progress=False, log=lambda *a: None)
         wall = time.perf_counter() - t0

@@ -19,6 +19,7 @@ from pathlib import Path
 
 def _train(args) -> None:
     from opdpipe import trainer
+    from opdpipe.backends.study import backend_block
     from opdpipe.config import load, opd_hparams, variants
 
     cfg = load(args.config)
@@ -31,7 +32,8 @@ def _train(args) -> None:
     out = args.out or res / args.task / args.variant / f"seed{args.seed}"
     spec = trainer.RunSpec(args.task, vs[args.variant]["divergence"], vs[args.variant]["design"], args.seed,
                            str(res / args.task / "sft_init" / "checkpoint"), str(res / args.task / "teacher" / "checkpoint"),
-                           str(res / "data" / args.task), str(out), opd_hparams(cfg, args.task, args.variant))
+                           str(res / "data" / args.task), str(out), opd_hparams(cfg, args.task, args.variant),
+                           backend_block(cfg))
     summary = trainer.run(spec)
     print(json.dumps(summary["final"], indent=1))
 

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,7 +31,6 @@ class Runtime:
     chat: dict
     engine: object
     adapter: dict | None = None
-    extra: dict = field(default_factory=dict)
 
     def autocast(self):
         return autocast(self.device, self.dtype)

@@ -7,8 +7,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.opdpipe-installed
 CONFIG ?= configs/default.yaml
 CORES ?= all
-SMK := $(VENV)/bin/snakemake --cores $(CORES) --configfile $(CONFIG) --rerun-incomplete
-STUDY = $(shell $(PY) -c "import yaml; print(yaml.safe_load(open('$(CONFIG)'))['study'])")
+# Values reach recipes through the environment and are quoted there ("$$CONFIG"): nothing read from a
+# config file, nor given on the command line, is ever pasted into a shell command. Paths and URIs
+# come from `opdpipe where`, which validates the config first (a study name is a safe word).
+export CONFIG TASK VARIANT SEED
+SMK := $(VENV)/bin/snakemake --cores $(CORES) --configfile "$$CONFIG" --rerun-incomplete
+WHERE := $(PY) -m opdpipe.cli where "$$CONFIG"
 
 .PHONY: setup test reproduce variant mlflow-ui dry-run lint
 
@@ -29,14 +33,14 @@ reproduce: setup
 # Re-run one variant (train + evaluate) and refresh tracking and the report, nothing else:
 #   make variant TASK=math VARIANT=forward_kl-opd_plus SEED=0
 variant: setup
-	$(SMK) --forcerun results/$(STUDY)/$(TASK)/$(VARIANT)/seed$(SEED)/summary.json
+	target="$$($(WHERE) run --task "$$TASK" --variant "$$VARIANT" --seed "$$SEED")" && $(SMK) --forcerun "$$target"
 
 dry-run: setup
 	$(SMK) -n
 
 lint: setup
-	$(VENV)/bin/snakemake --lint --configfile $(CONFIG)
+	$(VENV)/bin/snakemake --lint --configfile "$$CONFIG"
 
 # The MLflow UI on http://127.0.0.1:5000 over the study's tracking store
 mlflow-ui: setup
-	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/results/$(STUDY)/mlflow.db
+	uri="$$($(WHERE) tracking-uri)" && $(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$$uri"

@@ -26,6 +26,13 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Every product of the study is a target, not only the report: an output that goes missing (say, a
+# killed forced re-run deleted a run's final/ and summary.json) is made again by a plain re-run,
+# instead of being skipped because the report downstream of it still exists.
 rule all:
     input:
-        f"{RESULTS}/report/report.html",
+        L.report_file("report.html"),
+        all_evals(),
+        all_summaries(),
+        all_metrics(),
+        all_finals(),

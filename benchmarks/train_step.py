@@ -18,6 +18,7 @@ import torch
 from opdpipe import trainer
 from opdpipe.backends.study import backend_block
 from opdpipe.config import load, opd_hparams, variants
+from opdpipe.layout import Layout
 
 
 def main():
@@ -27,12 +28,12 @@ def main():
     p.add_argument("--variant", default="reverse_kl-opd")
     args = p.parse_args()
     cfg = load(args.config)
-    res = Path("results") / cfg["study"]
+    lay = Layout.for_study(cfg["study"])
     v = variants(cfg)[args.variant]
     hp = {**opd_hparams(cfg, args.task, args.variant), "threads": 1}
     with tempfile.TemporaryDirectory() as out:
-        spec = trainer.RunSpec(args.task, v["divergence"], v["design"], 0, str(res / args.task / "sft_init" / "checkpoint"),
-                               str(res / args.task / "teacher" / "checkpoint"), str(res / "data" / args.task), out, hp,
+        spec = trainer.RunSpec(args.task, v["divergence"], v["design"], 0, lay.checkpoint(args.task, "sft_init"),
+                               lay.checkpoint(args.task, "teacher"), lay.data_dir(args.task), out, hp,
                                backend_block(cfg))
         t0 = time.perf_counter()
         s = trainer.run(spec, progress=False, log=lambda *a: None)

@@ -6,8 +6,11 @@
         --test results/default/data/math/test.jsonl --out /tmp/eval.json
     opdpipe bias                       # exact gradient error of OPD / OPD+ by enumeration
 
+    opdpipe where configs/default.yaml run --task math --variant jsd-opd_plus --seed 1   # a validated path
+
 `train` expects the world (data, teacher, SFT-init) of the study under results/<study>/, as the
 workflow makes it; it writes to results/<study>/<task>/<variant>/seed<k>/ unless --out is given.
+Every path comes from opdpipe.layout.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from opdpipe.layout import Layout
 
 
 def _train(args) -> None:
@@ -28,14 +33,45 @@ def _train(args) -> None:
         sys.exit(f"--variant {args.variant!r} is not in {args.config}; known: {', '.join(vs)}")
     if args.task not in cfg["tasks"]:
         sys.exit(f"--task {args.task!r} is not in {args.config}; known: {', '.join(cfg['tasks'])}")
-    res = Path("results") / cfg["study"]
-    out = args.out or res / args.task / args.variant / f"seed{args.seed}"
+    lay = Layout.for_study(cfg["study"])
+    out = args.out or lay.run_dir(args.task, args.variant, args.seed)
     spec = trainer.RunSpec(args.task, vs[args.variant]["divergence"], vs[args.variant]["design"], args.seed,
-                           str(res / args.task / "sft_init" / "checkpoint"), str(res / args.task / "teacher" / "checkpoint"),
-                           str(res / "data" / args.task), str(out), opd_hparams(cfg, args.task, args.variant),
+                           lay.checkpoint(args.task, "sft_init"), lay.checkpoint(args.task, "teacher"),
+                           lay.data_dir(args.task), str(out), opd_hparams(cfg, args.task, args.variant),
                            backend_block(cfg))
     summary = trainer.run(spec)
     print(json.dumps(summary["final"], indent=1))
+
+
+def _load(path: str) -> dict:
+    from opdpipe.config import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as err:
+        sys.exit(str(err))
+
+
+def _where(args) -> None:
+    """Print one validated path or value of a study (for the Makefile: never a raw config value)."""
+    from opdpipe.layout import default_tracking_uri
+
+    cfg = _load(args.config)
+    lay = Layout.for_study(cfg["study"])
+    if args.what == "study":
+        print(cfg["study"])
+    elif args.what == "tracking-uri":
+        print(cfg["tracking"]["uri"] or default_tracking_uri(lay))
+    else:  # run: the summary.json of one task / variant / seed, which `make variant` forces
+        from opdpipe.config import variants
+
+        if args.task not in cfg["tasks"]:
+            sys.exit(f"TASK={args.task!r} is not a task of {args.config}; allowed: {', '.join(cfg['tasks'])}")
+        if args.variant not in variants(cfg):
+            sys.exit(f"VARIANT={args.variant!r} is not a variant of {args.config}; allowed: {', '.join(variants(cfg))}")
+        if not args.seed.isdigit() or int(args.seed) not in cfg["seeds"]:
+            sys.exit(f"SEED={args.seed!r} is not a seed of {args.config}; allowed: {', '.join(map(str, cfg['seeds']))}")
+        print(lay.run_file(args.task, args.variant, int(args.seed), "summary.json"))
 
 
 def _evaluate(args) -> None:
@@ -64,20 +100,23 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--k", type=int, default=8)
     e.add_argument("--seed", type=int, default=0)
     sub.add_parser("bias", help="print the enumerated gradient error of OPD and OPD+")
+    w = sub.add_parser("where", help="print a validated value of a study: study | tracking-uri | run")
+    w.add_argument("config")
+    w.add_argument("what", choices=["study", "tracking-uri", "run"])
+    w.add_argument("--task", default="")
+    w.add_argument("--variant", default="")
+    w.add_argument("--seed", default="")
     args = p.parse_args(argv)
     if args.cmd == "validate":
-        from opdpipe.config import ConfigError, load
-
-        try:
-            cfg = load(args.config)
-        except ConfigError as err:
-            sys.exit(str(err))
+        cfg = _load(args.config)
         print(f"{args.config}: valid ({len(cfg['tasks'])} tasks, {len(cfg['variants'])} variants, "
               f"{len(cfg['seeds'])} seeds)")
     elif args.cmd == "train":
         _train(args)
     elif args.cmd == "evaluate":
         _evaluate(args)
+    elif args.cmd == "where":
+        _where(args)
     elif args.cmd == "bias":
         from opdpipe.enumeration import report
 

@@ -6,6 +6,7 @@ shuffle, dropping train/validation records whose prompt is also in test.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -71,5 +72,52 @@ def run(task: str, spec: dict, seed: int, out_dir: str | Path) -> dict:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSON Lines file; a malformed line raises ValueError naming the file and the line."""
+    rows = []
     with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {i} is not valid JSON ({err.msg}): {line[:80]!r}") from None
+    return rows
+
+
+def load_split(data_dir: str | Path, split: str, log=print) -> list[dict]:
+    """One split of a prepared task, checked against the sha256 in its manifest.
+
+    A synthetic split that was changed or damaged after the data stage wrote it is set aside
+    (``<split>.jsonl.corrupt.<n>``) and regenerated from the manifest's spec and seed (deterministic: the
+    result must match the manifest again). A real-data split is not regenerated: the error names it.
+    """
+    data_dir = Path(data_dir)
+    path, manifest = data_dir / f"{split}.jsonl", json.loads((data_dir / "manifest.json").read_text())
+    want = manifest["splits"][split]["sha256"]
+    if path.exists() and sha256_file(path) == want:
+        return read_jsonl(path)
+    if manifest["spec"].get("source", "synthetic") != "synthetic":
+        raise ValueError(f"{path} is missing or does not match its manifest (sha256 {want[:12]}...); it was changed "
+                         "after the data stage wrote it: delete the folder to prepare the data again")
+    _set_aside(path, log)
+    rows = make_splits(manifest["task"], manifest["spec"], manifest["seed"])[split]
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    if hashlib.sha256(text.encode()).hexdigest() != want:
+        raise ValueError(f"{path}: regenerated split does not match its manifest; the generator changed "
+                         f"(version {GENERATOR_VERSION}); delete {data_dir} to prepare the data again")
+    atomic_write_text(path, text)
+    log(f"{path} regenerated from its manifest")
+    return rows
+
+
+def _set_aside(path: Path, log) -> None:
+    n = 0
+    while path.with_name(f"{path.name}.corrupt.{n}").exists():
+        n += 1
+    try:
+        path.rename(path.with_name(f"{path.name}.corrupt.{n}"))
+        log(f"warning: {path} does not match its manifest (changed or damaged); moved to "
+            f"{path.name}.corrupt.{n}")
+    except FileNotFoundError:  # missing, or another job set it aside first
+        pass

@@ -14,6 +14,7 @@ Direction is always named from the teacher q and the student p:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -44,19 +45,52 @@ class Divergence:
         return self.w(log_u)
 
     def exact(self, lp_q: torch.Tensor, lp_p: torch.Tensor) -> torch.Tensor:
-        """D_f(q || p) = sum_a p(a) f(q(a)/p(a)) over the last dim of log-prob tensors [..., V]."""
+        """D_f(q || p) = sum_a p(a) f(q(a)/p(a)) over the last dim of log-prob tensors [..., V].
+
+        Closed forms (KL, JSD) never form u and stay in the input dtype. The generic sum is computed
+        in float64 (no intermediate such as (u - 1)^2 overflows for |log u| up to ~700) and returned in
+        the input dtype. Zero probabilities take their limits: p(a) = 0 contributes
+        q(a) * lim_{u->inf} f(u)/u (0 when q(a) = 0 too), q(a) = 0 contributes p(a) * f(0+).
+        """
         if lp_q.shape != lp_p.shape:
             raise ValueError(f"exact divergence needs equal shapes, got {tuple(lp_q.shape)} and {tuple(lp_p.shape)}")
         if self.exact_fn is not None:
             return self.exact_fn(lp_q, lp_p)
-        return (lp_p.exp() * self.f(lp_q - lp_p)).sum(-1)
+        return _generic_exact(self.f, lp_q.double(), lp_p.double()).to(lp_q.dtype)
 
 
 DIVERGENCES: Registry[Divergence] = Registry("divergence")
 
 
 def _kl(lp_a: torch.Tensor, lp_b: torch.Tensor) -> torch.Tensor:
-    return (lp_a.exp() * (lp_a - lp_b)).sum(-1)  # KL(a || b)
+    """KL(a || b); a(x) = 0 contributes 0 (the limit), b(x) = 0 < a(x) contributes inf."""
+    terms = lp_a.exp() * (lp_a - lp_b)
+    return torch.where(lp_a == -math.inf, torch.zeros_like(terms), terms).sum(-1)
+
+
+LOG_U_MAX64 = 700.0  # exp stays finite in float64 below ~709
+
+
+def _generic_exact(f: Fn, lp_q: torch.Tensor, lp_p: torch.Tensor) -> torch.Tensor:
+    """sum_a p f(q/p) in float64, with the limits at zero probabilities (see Divergence.exact)."""
+    p_zero, q_zero = lp_p == -math.inf, lp_q == -math.inf
+    log_u = torch.where(p_zero | q_zero, torch.zeros_like(lp_q), lp_q - lp_p).clamp(-LOG_U_MAX64, LOG_U_MAX64)
+    inner = lp_p.exp() * f(log_u)
+    at_zero_q = lp_p.exp() * f(torch.full_like(lp_p, -LOG_U_MAX64))  # p * f(0+)
+    slope = _slope_at_infinity(f)  # lim f(u)/u
+    at_zero_p = lp_q.exp() * slope
+    terms = torch.where(q_zero, at_zero_q, inner)
+    terms = torch.where(p_zero, torch.where(q_zero, torch.zeros_like(terms), at_zero_p), terms)
+    return terms.sum(-1)
+
+
+def _slope_at_infinity(f: Fn) -> float:
+    """lim_{u->inf} f(u)/u, inf when f grows faster than u (checked at two large log u in float64)."""
+    lu = torch.tensor([300.0, 600.0], dtype=torch.float64)
+    s = (f(lu) / lu.exp()).tolist()
+    if not all(math.isfinite(x) for x in s) or abs(s[1] - s[0]) > 1e-6 * max(1.0, abs(s[1])):
+        return math.inf
+    return s[1]
 
 
 def _jsd_exact(lp_q: torch.Tensor, lp_p: torch.Tensor) -> torch.Tensor:
@@ -113,16 +147,28 @@ def _pearson():
 
 @register("neyman_chi2", "(1 - u)^2 / u", "2 (1 - 1/u)", "Neyman chi-squared")
 def _neyman():
-    return (lambda lu: torch.expm1(lu) ** 2 * (-lu).exp()), (lambda lu: -2.0 * torch.expm1(-lu))
+    # (u - 1)^2 / u = (u - 1)(1 - 1/u): no overflow of an intermediate (u - 1)^2
+    return (lambda lu: torch.expm1(lu) * -torch.expm1(-lu)), (lambda lu: -2.0 * torch.expm1(-lu))
+
+
+ALPHA_MIN_GAP = 1e-3  # |alpha| and |alpha - 1| below this: the float32 formula loses all precision
+NUMBER = r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"
 
 
 def _alpha_family(param: str) -> Divergence:
-    try:
-        a = float(param)
-    except ValueError:
-        raise ValueError(f"divergence 'alpha:<value>' needs a number, got {param!r}") from None
-    if not math.isfinite(a) or a in (0.0, 1.0):
-        raise ValueError(f"divergence 'alpha:{param}': alpha must be finite and not 0 or 1 (those are the KL limits)")
+    if not re.fullmatch(NUMBER, param):
+        raise ValueError(f"divergence 'alpha:{param}': alpha must be written as a plain number with no spaces, "
+                         "e.g. alpha:0.5 or alpha:-1")
+    a = float(param)
+    if a == 0.0:
+        raise ValueError("divergence 'alpha:0' is the reverse-KL limit of the Amari family, where its formula "
+                         "divides by alpha (alpha - 1) = 0; use divergence reverse_kl")
+    if a == 1.0:
+        raise ValueError("divergence 'alpha:1' is the forward-KL limit of the Amari family, where its formula "
+                         "divides by alpha (alpha - 1) = 0; use divergence forward_kl")
+    if not math.isfinite(a) or min(abs(a), abs(a - 1.0)) < ALPHA_MIN_GAP:
+        raise ValueError(f"divergence 'alpha:{param}': alpha must be finite and at least {ALPHA_MIN_GAP} away from "
+                         "0 and 1 (closer, f(u) cancels to nothing in float32; use reverse_kl or forward_kl, its limits)")
     f = lambda lu: (torch.expm1(a * lu) - a * torch.expm1(lu)) / (a * (a - 1.0))
     w = lambda lu: torch.expm1(a * lu) / a
     return Divergence(f"alpha:{param}", f, w, "(u^a - a u - (1-a)) / (a (a-1))", "(u^a - 1) / a",
@@ -154,3 +200,29 @@ def clip_log_u(log_u: torch.Tensor, bound: float, mask: torch.Tensor | None = No
     n = valid.sum().clamp_min(1)
     frac = ((log_u.abs() > bound) & valid).sum() / n
     return clipped, float(frac)
+
+
+def max_safe_clip(div: Divergence, upper: float = 1000.0) -> float:
+    """Largest log_u clip (to 0.01) at which f(u), the OPD and the OPD+ advantages are finite in float32."""
+    lo, hi = 0.0, upper
+    if _finite_on(div, hi):
+        return hi
+    while hi - lo > 0.01:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _finite_on(div, mid) else (lo, mid)
+    return math.floor(lo * 100) / 100
+
+
+def _finite_on(div: Divergence, bound: float) -> bool:
+    lu = torch.cat([torch.linspace(-bound, bound, 2001), torch.zeros(1)]).float()
+    return bool(torch.isfinite(div.f(lu)).all() and torch.isfinite(div.opd_plus(lu)).all())
+
+
+def check_clip(div: Divergence, bound: float, where: str = "") -> None:
+    """Refuse a clip at which the divergence's advantages overflow float32 (they would turn the weights NaN)."""
+    if _finite_on(div, bound):
+        return
+    safe = max_safe_clip(div)
+    raise ValueError(f"opd.log_u_clip = {bound!r}{where} with divergence {div.name!r}: f(u) or its advantages "
+                     f"overflow float32 for |log u| up to {bound!r}; allowed: opd.log_u_clip <= {safe} for "
+                     "this divergence")

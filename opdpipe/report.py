@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from opdpipe.divergences import DIVERGENCES, get_divergence  # noqa: E402
-from opdpipe.provenance import atomic_write_text, config_hash, provenance  # noqa: E402
+from opdpipe.provenance import atomic_write_text, provenance  # noqa: E402
 
 # two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30 (normal beyond)
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -41,20 +41,15 @@ def _fmt(m: float, h: float) -> str:
     return f"{100 * m:.1f}" + ("" if math.isnan(h) else f" ± {100 * h:.1f}")
 
 
-def collect(results: Path, tasks: list[str], variants: dict[str, dict], seeds: list[int]) -> pd.DataFrame:
-    rows = []
-    for task in tasks:
-        for ref in ("teacher", "sft_init"):
-            ev = json.loads((results / task / ref / "eval.json").read_text())
-            rows.append({"task": task, "variant": ref, "seed": None, "divergence": "—", "design": ref,
-                         "avg_at_k": ev["avg_at_k"], "avg_se": ev["avg_at_k_stderr"], "greedy": ev["greedy_acc"],
-                         "k": ev["k"]})
-        for vid, v in variants.items():
-            for seed in seeds:
-                ev = json.loads((results / task / vid / f"seed{seed}" / "eval.json").read_text())
-                rows.append({"task": task, "variant": vid, "seed": seed, **v, "avg_at_k": ev["avg_at_k"],
-                             "avg_se": ev["avg_at_k_stderr"], "greedy": ev["greedy_acc"], "k": ev["k"]})
-    return pd.DataFrame(rows)
+def collect(rows: list[dict], variants: dict[str, dict]) -> pd.DataFrame:
+    """One line per evaluated row of the study; `rows` name each row's files (the workflow's study_rows)."""
+    out = []
+    for r in rows:
+        ev = json.loads(Path(r["eval"]).read_text())
+        kind = {"divergence": "—", "design": r["variant"]} if r["seed"] is None else variants[r["variant"]]
+        out.append({"task": r["task"], "variant": r["variant"], "seed": r["seed"], **kind, "avg_at_k": ev["avg_at_k"],
+                    "avg_se": ev["avg_at_k_stderr"], "greedy": ev["greedy_acc"], "k": ev["k"]})
+    return pd.DataFrame(out)
 
 
 def main_table(df: pd.DataFrame, tasks: list[str]) -> tuple[pd.DataFrame, dict]:
@@ -78,11 +73,12 @@ def main_table(df: pd.DataFrame, tasks: list[str]) -> tuple[pd.DataFrame, dict]:
     return pd.DataFrame(out), collapsed
 
 
-def _curves(results: Path, task: str, vid: str, seeds: list[int]) -> list[pd.DataFrame]:
+def _curves(rows: list[dict], task: str, vid: str) -> list[pd.DataFrame]:
     frames = []
-    for seed in seeds:
-        path = results / task / vid / f"seed{seed}" / "metrics.jsonl"
-        frames.append(pd.DataFrame([json.loads(x) for x in path.read_text().splitlines() if x.strip()]))
+    for r in rows:
+        if r["task"] == task and r["variant"] == vid and r["seed"] is not None:
+            lines = Path(r["metrics"]).read_text().splitlines()
+            frames.append(pd.DataFrame([json.loads(x) for x in lines if x.strip()]))
     return frames
 
 
@@ -90,11 +86,11 @@ def _style(v: dict) -> dict:
     return {"color": COLORS.get(v["divergence"], None), "linestyle": "-" if v["design"] == "opd_plus" else "--"}
 
 
-def figure_curves(results, tasks, variants, seeds, key, ylabel, path, title, smooth: int = 1):
+def figure_curves(rows, tasks, variants, key, ylabel, path, title, smooth: int = 1):
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for vid, v in variants.items():
-            frames = [f[["step", key]].dropna() for f in _curves(results, task, vid, seeds) if key in f]
+            frames = [f[["step", key]].dropna() for f in _curves(rows, task, vid) if key in f]
             if not frames:
                 continue
             mean = pd.concat(frames).groupby("step")[key].mean().rolling(smooth, min_periods=1).mean()
@@ -118,10 +114,10 @@ def formulas_table(names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def stage_times(results: Path) -> pd.DataFrame:
+def stage_times(benchmarks: Path) -> pd.DataFrame:
     rows = []
-    for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
-        stage = tsv.relative_to(results / "benchmarks").parts[0]
+    for tsv in sorted(benchmarks.rglob("*.tsv")):
+        stage = tsv.relative_to(benchmarks).parts[0]
         s = pd.read_csv(tsv, sep="\t")["s"].iloc[0]
         rows.append({"stage": stage, "s": s})
     if not rows:
@@ -131,27 +127,31 @@ def stage_times(results: Path) -> pd.DataFrame:
     return df.round(1)
 
 
-def run(cfg: dict, results: str | Path, variants: dict[str, dict], out_dir: str | Path) -> dict:
-    results, out = Path(results), Path(out_dir)
+FIGS = {  # name: (metric, y label, title, smoothing window in steps); names are layout.FIGURES
+    "curves": ("val/greedy_acc", "greedy accuracy (validation)", "training curves (OPD+ solid, OPD dashed)", 1),
+    "sampled": ("rollout/acc", "accuracy of the rollouts (T = 1)", "sampled accuracy, 10-step mean", 10),
+    "grad_norm": ("grad_norm", "gradient norm", "gradient norm", 1),
+    "log_ratio": ("log_u/mean", "mean log u", "mean log-ratio (-reverse KL estimate)", 1),
+    "length": ("response/len_mean", "tokens", "response length", 1),
+    "bias": ("bias/cos_expected", "cosine", "bias meter: cos(design gradient, exact gradient)", 1),
+}
+
+
+def run(settings: dict, rows: list[dict], runs_json: str | Path, benchmarks: str | Path, out_dir: str | Path,
+        cfg_hash: str) -> dict:
+    """settings: {study, tasks, seeds, variants}; rows: the study's rows with their files (eval, metrics)."""
+    out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    tasks, seeds = list(cfg["tasks"]), cfg["seeds"]
-    df = collect(results, tasks, variants, seeds)
+    tasks, seeds, variants = settings["tasks"], settings["seeds"], settings["variants"]
+    df = collect(rows, variants)
     table, collapsed = main_table(df, tasks)
-    figs = {  # name: (metric, y label, title, smoothing window in steps)
-        "curves": ("val/greedy_acc", "greedy accuracy (validation)", "training curves (OPD+ solid, OPD dashed)", 1),
-        "sampled": ("rollout/acc", "accuracy of the rollouts (T = 1)", "sampled accuracy, 10-step mean", 10),
-        "grad_norm": ("grad_norm", "gradient norm", "gradient norm", 1),
-        "log_ratio": ("log_u/mean", "mean log u", "mean log-ratio (-reverse KL estimate)", 1),
-        "length": ("response/len_mean", "tokens", "response length", 1),
-        "bias": ("bias/cos_expected", "cosine", "bias meter: cos(design gradient, exact gradient)", 1),
-    }
-    for name, (key, ylabel, title, smooth) in figs.items():
-        figure_curves(results, tasks, variants, seeds, key, ylabel, out / "figures" / f"{name}.png", title, smooth)
-    runs = json.loads((results / "tracking" / "runs.json").read_text())
+    for name, (key, ylabel, title, smooth) in FIGS.items():
+        figure_curves(rows, tasks, variants, key, ylabel, out / "figures" / f"{name}.png", title, smooth)
+    runs = json.loads(Path(runs_json).read_text())
     runs_df = pd.DataFrame(runs["runs"])
     divs = list(dict.fromkeys([v["divergence"] for v in variants.values()] + DIVERGENCES.fixed_names()))
     k = int(df["k"].iloc[0])
-    meta = provenance(cfg, cfg.get("seed"))
+    meta = {**provenance(settings), "config_hash": cfg_hash}
     sections = [
         (f"Main results (avg@{k} %, mean ± 95% CI over {len(seeds)} seed(s); greedy %)", table,
          "Teacher and SFT-init rows: one evaluation, interval ±1.96 stderr. A variant whose mean avg@k falls "
@@ -163,24 +163,24 @@ def run(cfg: dict, results: str | Path, variants: dict[str, dict], out_dir: str 
          "Bias meter: cosine between the design's expected sampled-token gradient and the exact gradient of "
          "sum_n D_f(q||p) at the visited prefixes (1 = unbiased)."),
         ("Advantage formulas (Table 1)", formulas_table(divs), ""),
-        ("Wall time per stage (s)", stage_times(results), ""),
+        ("Wall time per stage (s)", stage_times(Path(benchmarks)), ""),
         (f"Runs read back from MLflow ({runs['experiment']}, {runs['uri']})", runs_df, ""),
     ]
-    md, html = _render(cfg, meta, sections, out)
+    md, html = _render(settings["study"], meta, sections, out)
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.html", html)
     return {"table": table.to_dict(orient="records"), "collapsed": {f"{t}/{v}": c for (t, v), c in collapsed.items()}}
 
 
-def _render(cfg, meta, sections, out: Path) -> tuple[str, str]:
-    head = (f"Study `{cfg['study']}` — config hash `{config_hash(cfg)}`, code `{meta['code_version']}`, "
+def _render(study, meta, sections, out: Path) -> tuple[str, str]:
+    head = (f"Study `{study}` — config hash `{meta['config_hash']}`, code `{meta['code_version']}`, "
             f"torch {meta['packages']['torch']}, transformers {meta['packages']['transformers']}, "
             f"lm-eval {meta['packages']['lm_eval']}, mlflow {meta['packages']['mlflow']}")
-    md = [f"# opdpipe report: {cfg['study']}", "", head, ""]
-    html = [f"<html><head><meta charset='utf-8'><title>opdpipe report: {cfg['study']}</title>",
+    md = [f"# opdpipe report: {study}", "", head, ""]
+    html = [f"<html><head><meta charset='utf-8'><title>opdpipe report: {study}</title>",
             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto} table{border-collapse:collapse;"
             "font-size:13px} td,th{border:1px solid #ccc;padding:3px 6px}</style></head><body>",
-            f"<h1>opdpipe report: {cfg['study']}</h1><p>{head}</p>"]
+            f"<h1>opdpipe report: {study}</h1><p>{head}</p>"]
     for title, content, note in sections:
         md += [f"## {title}", ""]
         html.append(f"<h2>{title}</h2>")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from opdpipe.data import read_jsonl
+from opdpipe.data import load_split
 from opdpipe.generation import greedy_accuracy
 from opdpipe.backends.chat import encode_prompts
 from opdpipe.backends.loading import is_pretrained, load_teacher, resolve_source
@@ -26,7 +26,7 @@ from opdpipe.tokenizer import check_encodable, load_tokenizer
 
 
 def load_splits(data_dir: str | Path) -> dict[str, list[dict]]:
-    return {s: read_jsonl(Path(data_dir) / f"{s}.jsonl") for s in ("train", "validation", "test")}
+    return {s: load_split(data_dir, s) for s in ("train", "validation", "test")}
 
 
 def training_pairs(task, examples: list[dict], error_frac: float, seed: int) -> list:
@@ -44,7 +44,7 @@ def training_pairs(task, examples: list[dict], error_frac: float, seed: int) -> 
 
 def run(task: str, cfg: dict, data_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
         seed: int, threads: int = 1, log=print) -> dict:
-    """cfg: {'teacher': {...}, 'student': {'sft': {'num_examples': N}}, 'max_new_tokens': T}."""
+    """cfg: {'teacher': {...}, 'num_completions': N (the SFT-init student's examples), 'max_new_tokens': T}."""
     torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     data_manifest = read_json(Path(data_dir) / "manifest.json")
@@ -69,7 +69,7 @@ def run(task: str, cfg: dict, data_dir: str | Path, tokenizer_dir: str | Path, o
     val_acc, _ = greedy_accuracy(model, tok, splits["validation"], T.score, cfg["max_new_tokens"], encode=encode)
     log(f"teacher {task}: validation greedy accuracy {val_acc:.3f}")
     t1 = time.perf_counter()
-    prompts = splits["train"][:cfg["student"]["sft"]["num_examples"]]
+    prompts = splits["train"][:cfg["num_completions"]]
     acc, outs = greedy_accuracy(model, tok, prompts, T.score, cfg["max_new_tokens"], encode=encode)
     atomic_write_text(out_dir / "completions.jsonl", "".join(
         json.dumps({"id": e["id"], "prompt": e["prompt"], "completion": o, "correct": T.score(o, e["answer"])},

@@ -46,6 +46,54 @@ def init_store(uri: str, study: str, artifact_dir: str | Path) -> dict:
     return {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent}
 
 
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def store_is_sound(path: Path) -> bool:
+    """A sqlite store that opens and passes its integrity check (a half-written file does not)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            return db.execute("PRAGMA integrity_check").fetchone()[0] == "ok" and \
+                db.execute("select count(*) from sqlite_master where name = 'runs'").fetchone()[0] == 1
+    except sqlite3.Error:
+        return False
+
+
+def ensure_store(uri: str, study: str, artifact_dir: str | Path, log=print) -> dict:
+    """init_store, after setting aside a damaged sqlite store (mlflow.db.corrupt.<n>). MLflow only mirrors
+    the study's files, so the track rule rebuilds every run of a new store from them, losing nothing."""
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():
+        _forget_engines(uri)  # deleted: a cached engine would write into the unlinked file
+    if path is not None and path.exists() and not store_is_sound(path):
+        n = 0
+        while path.with_name(f"{path.name}.corrupt.{n}").exists():
+            n += 1
+        path.rename(path.with_name(f"{path.name}.corrupt.{n}"))
+        _forget_engines(uri)
+        log(f"warning: MLflow store {path} is damaged; moved to {path.name}.corrupt.{n}, rebuilding it from the "
+            "study's files")
+    return init_store(uri, study, artifact_dir)
+
+
+def _forget_engines(uri: str) -> None:
+    """Drop MLflow's in-process caches of a store that was just replaced (pinned mlflow 3.17 internals;
+    a fresh process, as every workflow job is, has none)."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from mlflow.tracking._tracking_service import utils
+
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+        if engine is not None:
+            engine.dispose()
+        utils._tracking_store_registry._get_store_with_resolved_uri.cache_clear()
+    except (ImportError, AttributeError):
+        pass
+
+
 def _find(client, exp_id: str, key: str) -> str | None:
     runs = client.search_runs([exp_id], filter_string=f"tags.`{KEY}` = '{key}'", max_results=5)
     return runs[0].info.run_id if runs else None
@@ -67,15 +115,21 @@ class LiveRun:
     """Training callback: mirrors step metrics to MLflow while the run trains (best effort).
 
     Steps are sent in batches of `flush_every` (one store transaction each) and at `flush()`; the
-    track rule later fills in any step a busy or failed store missed, from metrics.jsonl.
+    track rule later fills in any step a busy or failed store missed, from metrics.jsonl. A resumed
+    run re-computes the steps between its checkpoint and the kill (the same numbers): those already
+    in the store are not sent again, so no step is held twice. It never creates a store: that is the
+    tracking_store rule's job, once, before the parallel jobs.
     """
 
     def __init__(self, uri: str, study: str, task: str, variant: str, seed: int, log=print, flush_every: int = 10):
         self.uri, self.study, self.task, self.variant, self.seed, self.log = uri, study, task, variant, seed, log
         self.flush_every = flush_every
-        self.client, self.run_id, self.pending, self.fresh = None, None, [], None
+        self.client, self.run_id, self.pending, self.fresh, self.logged = None, None, [], None, set()
 
     def _open(self, fresh: bool) -> None:
+        path = sqlite_path(self.uri)
+        if path is not None and not path.exists():
+            raise FileNotFoundError(f"no MLflow store at {path}")
         self.client = mlflow_client(self.uri)
         exp = self.client.get_experiment_by_name(experiment_name(self.study))
         parent = _find(self.client, exp.experiment_id, run_key(self.study, "_study", "_all", None))
@@ -83,26 +137,36 @@ class LiveRun:
                               run_key(self.study, self.task, self.variant, self.seed),
                               f"{self.task}/{self.variant}/seed{self.seed}",
                               {"task": self.task, "variant": self.variant, "seed": self.seed}, fresh)
+        self.logged = logged_steps(self.client, self.run_id)
 
     def log_step(self, step: int, metrics: dict) -> None:
-        from mlflow.entities import Metric
-
         if self.fresh is None:
             self.fresh = step == 0  # a resumed run continues its MLflow run
-        ts = int(time.time() * 1000)
-        self.pending += [Metric(_safe(k), float(v), ts, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+        self.pending.append((step, metrics))
         if step == 0 or step % self.flush_every == 0:
             self.flush()
 
     def flush(self) -> None:
+        from mlflow.entities import Metric
+
         try:
             if self.run_id is None and self.pending:
                 self._open(fresh=self.fresh)
-            for i in range(0, len(self.pending), 1000):  # MLflow's per-request limit
-                self.client.log_batch(self.run_id, metrics=self.pending[i:i + 1000])
+            ts = int(time.time() * 1000)
+            todo = [Metric(_safe(k), float(v), ts, step) for step, m in self.pending if step not in self.logged
+                    for k, v in m.items() if isinstance(v, (int, float))]
+            for i in range(0, len(todo), 1000):  # MLflow's per-request limit
+                self.client.log_batch(self.run_id, metrics=todo[i:i + 1000])
+            self.logged |= {step for step, _ in self.pending}
         except Exception as err:  # tracking must never kill a training run
             self.log(f"warning: live MLflow logging failed: {err!r}")
         self.pending = []
+
+
+def logged_steps(client, run_id: str) -> set[int]:
+    """Steps of a run's curves already in the store (step 0 holds only the validation accuracy)."""
+    return {m.step for m in client.get_metric_history(run_id, "val/greedy_acc")} | \
+           {m.step for m in client.get_metric_history(run_id, "loss")}
 
 
 def _safe(name: str) -> str:
@@ -125,8 +189,7 @@ def _log_curves(client, run_id: str, metrics_path: Path) -> int:
     from mlflow.entities import Metric
 
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    have = {m.step for m in client.get_metric_history(run_id, "val/greedy_acc")} | \
-           {m.step for m in client.get_metric_history(run_id, "loss")}
+    have = logged_steps(client, run_id)
     missing = [r for r in rows if r["step"] not in have]
     for i in range(0, len(missing), 50):
         batch = [Metric(_safe(k), float(v), 0, r["step"]) for r in missing[i:i + 50] for k, v in r.items()
@@ -136,34 +199,77 @@ def _log_curves(client, run_id: str, metrics_path: Path) -> int:
 
 
 def track_entry(client, store: dict, study: str, entry: dict) -> str:
-    """Mirror one produced run (or reference row) into MLflow: params, tags, metrics, artifacts."""
-    from mlflow.entities import Param
+    """Mirror one produced run (or reference row) into MLflow: params, tags, metrics, artifacts.
+
+    Idempotent: a re-run of `track` adds nothing to an up-to-date run; a run whose params or evaluation
+    changed is replaced, so no metric step is ever held twice."""
+    from mlflow.entities import Metric, Param
 
     key = run_key(study, entry["task"], entry["variant"], entry.get("seed"))
     params = {k: v[:6000] for k, v in flatten(entry["params"]).items()}
-    run_id = get_run(client, store["experiment_id"], store["parent_run_id"], key, entry["name"], entry["tags"],
-                     fresh=False)
-    existing = client.get_run(run_id).data.params
-    if any(existing.get(k, v) != v for k, v in params.items()):  # the config changed: replace the run
-        run_id = get_run(client, store["experiment_id"], store["parent_run_id"], key, entry["name"],
-                         entry["tags"], fresh=True)
-        existing = {}
-    todo = [Param(k, v) for k, v in params.items() if k not in existing]
+    evals = {f"eval/{_safe(k)}": float(v) for k, v in entry["eval_metrics"].items()}
+    args = (client, store["experiment_id"], store["parent_run_id"], key, entry["name"], entry["tags"])
+    run_id = get_run(*args, fresh=False)
+    data = client.get_run(run_id).data
+    if any(data.params.get(k, v) != v for k, v in params.items()) or \
+            any(data.metrics.get(k, v) != v for k, v in evals.items()):  # the run changed: replace it
+        run_id = get_run(*args, fresh=True)
+        data = client.get_run(run_id).data
+    todo = [Param(k, v) for k, v in params.items() if k not in data.params]
     for i in range(0, len(todo), 100):
         client.log_batch(run_id, params=todo[i:i + 100])
     for k, v in entry["tags"].items():
         client.set_tag(run_id, k, str(v))
     if entry.get("metrics_jsonl"):
         _log_curves(client, run_id, Path(entry["metrics_jsonl"]))
-    from mlflow.entities import Metric
-
     ts = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(f"eval/{_safe(k)}", float(v), ts, 0)
-                                      for k, v in entry["eval_metrics"].items()])
+    new = [Metric(k, v, ts, 0) for k, v in evals.items() if k not in data.metrics]
+    if new:
+        client.log_batch(run_id, metrics=new)
     for path in entry.get("artifacts", []):
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def study_entry(row: dict, world: dict, variant: dict | None, hparams: dict | None) -> dict:
+    """What `track_entry` mirrors for one row of the study, from the files the rule names in `row`:
+    {task, variant, seed (None for teacher / SFT-init), eval, and manifest or summary + metrics}."""
+    ev = json.loads(Path(row["eval"]).read_text())
+    metrics = {k: ev[k] for k in ("greedy_acc", "greedy_acc_stderr", "avg_at_k", "avg_at_k_stderr", "pass_at_k")}
+    metrics["avg_at_k_n"] = ev["n_samples"]
+    task, vid, seed = row["task"], row["variant"], row["seed"]
+    entry = {"task": task, "variant": vid, "seed": seed, "eval_metrics": metrics,
+             "name": f"{task}/{vid}" + ("" if seed is None else f"/seed{seed}"), "artifacts": [row["eval"]]}
+    if seed is None:  # a reference row: teacher or SFT-init
+        manifest = json.loads(Path(row["manifest"]).read_text())
+        entry["tags"] = {"task": task, "variant": vid, "kind": "reference", "config_hash": manifest["config_hash"]}
+        entry["params"] = {"world": world}
+        entry["artifacts"].append(row["manifest"])
+        return entry
+    summary = json.loads(Path(row["summary"]).read_text())
+    entry["tags"] = {"task": task, "variant": vid, "seed": seed, "kind": "run", **variant,
+                     "config_hash": summary["config_hash"], "code_version": summary["code_version"]}
+    entry["params"] = {"opd": hparams, **variant, "world": world}
+    entry["metrics_jsonl"] = row["metrics"]
+    entry["artifacts"] += [row["summary"], row["metrics"]]
+    return entry
+
+
+def mirror_study(uri: str, study: str, artifact_dir: str | Path, rows: list[dict], world: dict,
+                 variants: dict, hparams: dict, close_tags: dict, log=print) -> list[dict]:
+    """The track rule: mirror every row of the study (rebuilding a damaged or missing store from the
+    files), close the study's parent run and return the runs read back from the store."""
+    store = ensure_store(uri, study, artifact_dir, log)
+    client = mlflow_client(uri)
+    for row in rows:
+        run = row["seed"] is not None
+        entry = study_entry(row, world, variants[row["variant"]] if run else None,
+                            hparams[f"{row['task']}/{row['variant']}"] if run else None)
+        log(f"tracked {entry['name']} -> {track_entry(client, store, study, entry)}")
+    back = read_back(uri, study)
+    close_study(client, store, {**close_tags, "runs": len(back)})
+    return back
 
 
 def close_study(client, store: dict, tags: dict) -> None:

@@ -10,6 +10,7 @@ ratio clipping.
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import time
@@ -20,55 +21,25 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from opdpipe import bias_meter
+from opdpipe import bias_meter, checkpoints
 from opdpipe.advantages import compute_advantages, get_design
 from opdpipe.backends import accumulate, runtime
-from opdpipe.data import read_jsonl
-from opdpipe.divergences import clip_log_u, get_divergence
+from opdpipe.data import load_split
+from opdpipe.divergences import check_clip, clip_log_u, get_divergence
 from opdpipe.generation import decode_responses, greedy_accuracy, sample
+from opdpipe.hparams import DEFAULTS  # the paper's recipe, one visible block
 from opdpipe.losses import AGGREGATIONS, policy_loss
 from opdpipe.models import load_model, save_checkpoint
-from opdpipe.provenance import atomic_dir, atomic_write_json, atomic_write_text, provenance
+from opdpipe.checkpoints import WORK
+from opdpipe.provenance import atomic_write_json, atomic_write_text, provenance
 from opdpipe.scoring import sequence_logprobs, teacher_logprobs
 from opdpipe.sft import lr_lambda
 from opdpipe.tasks import get_task
 from opdpipe.tokenizer import load_tokenizer
 
-# ---------------------------------------------------------------- defaults (the paper's recipe)
-DEFAULTS = {
-    "steps": 60,                 # optimizer steps (one batch of fresh rollouts each)
-    "prompts_per_step": 16,      # prompts sampled per step
-    "group_size": 4,             # rollouts per prompt (Tinker / paper: 4)
-    "num_substeps": 1,           # minibatches per step over the same rollouts
-    "lr": 1.0e-3,
-    "lr_schedule": "constant",   # constant | cosine
-    "warmup_steps": 0,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "temperature": 1.0,          # must be 1.0: rollouts are samples from the student
-    "top_k": None,               # must be None
-    "top_p": None,               # must be None
-    "gamma": 0.0,                # discount of future -f(u) in the advantage (paper: 0)
-    "log_u_clip": 20.0,          # |log_u| bound before exponentiation
-    "loss_agg": "token_mean",
-    "clip_ratio": None,          # PPO-style ratio clipping (paper: none)
-    "normalize_advantages": False,  # z-score advantages per batch (paper: no)
-    "max_new_tokens": 48,
-    "eval_every": 10,            # greedy validation accuracy every N steps (and at 0 and the end)
-    "eval_size": 64,             # fixed validation subset
-    "bias_every": 10,            # bias meter every M steps (0 = never)
-    "bias_rollouts": 16,         # rollouts of the batch the bias meter uses
-    "bias_max_vocab": 4096,      # skip the bias meter above this vocabulary size
-    "checkpoint_every": 20,      # resumable checkpoint every K steps (0 = only the final one)
-    "threads": 1,                # torch threads
-    "logprob_chunk": 0,          # >0: log-probs `chunk` response positions at a time (no [B, T, V] tensor)
-    "micro_batch_size": 0,       # >0: gradient accumulation over micro-batches of this many rollouts
-    "rollout_batch_size": 0,     # >0: sample this many rollouts at a time (pretrained models)
-}
 SCHEDULES = ("constant", "cosine")
-# In-progress state (checkpoints, streamed metrics) lives in <out>/work/, which no workflow declares
-# as an output: a killed job's declared outputs may be deleted, its work/ folder survives to resume.
-WORK = "work"
+# In-progress state (checkpoints, streamed metrics) lives in <out>/work/ (opdpipe.checkpoints), which no
+# workflow declares as an output: a killed job's declared outputs may be deleted, work/ survives to resume.
 
 
 @dataclass
@@ -94,7 +65,8 @@ class RunSpec:
 def validate(spec: RunSpec) -> dict:
     """Every check that can fail before the first step."""
     cfg = spec.cfg()
-    get_task(spec.task), get_divergence(spec.divergence), get_design(spec.design)
+    get_task(spec.task), get_design(spec.design)
+    check_clip(get_divergence(spec.divergence), cfg["log_u_clip"])
     if cfg["temperature"] != 1.0:
         raise ValueError(f"opd.temperature = {cfg['temperature']!r}: training rollouts must be sampled at 1.0")
     for key in ("top_k", "top_p"):
@@ -139,23 +111,30 @@ def train_step(state: "RunState", cfg: dict) -> dict:
     s_ctx = _contexts(state, prompts, "prompt", G)
     t_ctx = _contexts(state, prompts, "teacher_prompt", G) if any("teacher_prompt" in e for e in prompts) \
         else s_ctx  # privileged-context hook: the teacher may see more than the student
-    if state.runtime is None:
-        roll = sample(state.student, s_ctx, cfg["max_new_tokens"], tok.eos_token_id, tok.pad_token_id,
-                      generator=state.gen)
-    else:
-        with state.runtime.autocast():
-            roll = state.runtime.engine.sample(state.student, s_ctx, cfg["max_new_tokens"], tok.eos_token_id,
-                                               tok.pad_token_id, state.rollout_gen)
+    try:
+        if state.runtime is None:
+            roll = sample(state.student, s_ctx, cfg["max_new_tokens"], tok.eos_token_id, tok.pad_token_id,
+                          generator=state.gen)
+        else:
+            with state.runtime.autocast():
+                roll = state.runtime.engine.sample(state.student, s_ctx, cfg["max_new_tokens"], tok.eos_token_id,
+                                                   tok.pad_token_id, state.rollout_gen)
+    except RuntimeError as err:  # torch.multinomial refuses a NaN / inf distribution
+        if "probability tensor" not in str(err):
+            raise
+        _require_finite(state.step + 1, "student's next-token distribution (rollout sampling)", math.nan)
     t1 = time.perf_counter()
     resp, mask = roll.response, roll.mask
-    lq = teacher_logprobs(state.teacher, t_ctx, resp, mask, tok.pad_token_id, cfg["logprob_chunk"]) \
-        if state.runtime is None else accumulate.teacher_in_micro_batches(state, cfg, t_ctx, resp, mask)  # [B, T]
+    lq = teacher_logprobs(state.teacher, t_ctx, resp, mask, tok.pad_token_id) if state.runtime is None else \
+        accumulate.teacher_in_micro_batches(state, cfg, t_ctx, resp, mask)  # [B, T]
     t2 = time.perf_counter()
     minibatches = torch.arange(len(batch)).chunk(cfg["num_substeps"])
     state.student.train()
-    if state.runtime is not None:
-        return _finish_step(state, cfg, *accumulate.backend_update(state, cfg, s_ctx, resp, mask, lq, minibatches),
-                            batch, roll, s_ctx, t_ctx, (t0, t1, t2))
+    if state.runtime is not None:  # autocast, chunked log-probs, micro-batches (opdpipe.backends.accumulate)
+        checks = (lambda what, v: _require_finite(state.step + 1, what, v),
+                  lambda model: _require_finite_weights(state.step + 1, model))
+        return _finish_step(state, cfg, *accumulate.backend_update(state, cfg, s_ctx, resp, mask, lq, minibatches,
+                                                                   checks), batch, roll, s_ctx, t_ctx, (t0, t1, t2))
     # one minibatch: its gradient pass at theta_old also gives lp_old (same numbers, one pass fewer)
     lp_whole = sequence_logprobs(state.student, s_ctx, resp, mask, tok.pad_token_id) if len(minibatches) == 1 else None
     if lp_whole is not None:
@@ -173,10 +152,14 @@ def train_step(state: "RunState", cfg: dict) -> dict:
         lp_new = lp_whole if lp_whole is not None else \
             sequence_logprobs(state.student, [s_ctx[i] for i in mb], resp[mb], mask[mb], tok.pad_token_id)
         loss, loss_stats = policy_loss(lp_new, lp_old[mb], adv[mb], mask[mb], cfg["loss_agg"], cfg["clip_ratio"])
+        step = state.step + 1
+        _require_finite(step, "loss", loss.item())
         state.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norms.append(torch.nn.utils.clip_grad_norm_(state.student.parameters(), cfg["max_grad_norm"]).item())
+        _require_finite(step, "gradient norm", grad_norms[-1])
         state.opt.step()
+        _require_finite_weights(step, state.student)
         losses.append(loss.item())
     return _finish_step(state, cfg, losses, grad_norms, log_u, clip_frac, adv_stats, loss_stats, batch, roll,
                         s_ctx, t_ctx, (t0, t1, t2))
@@ -209,6 +192,25 @@ def _finish_step(state, cfg, losses, grad_norms, log_u, clip_frac, adv_stats, lo
     return metrics
 
 
+class NonFiniteError(FloatingPointError):
+    """A step produced a NaN or inf: training stops, the last good checkpoint stays, no final/ is written."""
+
+
+def _require_finite(step: int, quantity: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise NonFiniteError(f"step {step}: the {quantity} is {value}; training stopped before the update reached "
+                             "the weights. The last good checkpoint is kept and no final/ checkpoint is written. "
+                             "Lower opd.lr, opd.log_u_clip or opd.max_grad_norm, or pick a milder divergence.")
+
+
+def _require_finite_weights(step: int, model: torch.nn.Module) -> None:
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise NonFiniteError(f"step {step}: weight {name} became non-finite after the update; training stopped. "
+                                 "The last good checkpoint is kept and no final/ checkpoint is written. "
+                                 "Lower opd.lr or opd.log_u_clip.")
+
+
 def _contexts(state, prompts: list[dict], key: str, group_size: int) -> list[list[int]]:
     """Token ids of each prompt's `key` field (falling back to "prompt"), repeated group_size times;
     rendered by the one prompt function (opdpipe.backends.chat) when the models are pretrained."""
@@ -237,36 +239,15 @@ class RunState:
     rollout_gen: torch.Generator | None = None  # on the student's device (the CPU: `gen` itself)
 
 
-def _latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / WORK / "checkpoints").glob("step_*")) if (out / WORK).exists() else []
-    ckpts = [c for c in ckpts if (c / "trainer_state.pt").exists()]  # renamed into place = complete
-    return ckpts[-1] if ckpts else None
-
-
-def save_training_checkpoint(state: RunState, out: Path) -> None:
-    with atomic_dir(out / WORK / "checkpoints" / f"step_{state.step:06d}") as tmp:
-        if state.runtime is None:
-            state.student.save_pretrained(str(tmp))
-        else:
-            runtime.save_resumable(state.student, tmp)
-        extra = {} if state.rollout_gen is None or state.rollout_gen is state.gen else \
-            {"rollout_generator": state.rollout_gen.get_state()}
-        torch.save({"step": state.step, "optimizer": state.opt.state_dict(), "scheduler": state.sched.state_dict(),
-                    "generator": state.gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    "python_rng": random.getstate(), **extra}, tmp / "trainer_state.pt")
-    for old in sorted((out / WORK / "checkpoints").glob("step_*"))[:-1]:  # keep the newest only
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def build_state(spec: RunSpec, cfg: dict, out: Path, log) -> RunState:
-    resume = _latest_checkpoint(out)
+def build_state(spec: RunSpec, cfg: dict, found, log) -> RunState:
+    """The run's state: fresh from the SFT-init student, or `found` = checkpoints.load_latest(...)."""
     rt = None
     if spec.backend:  # pretrained models: dtype, device, adapter, chat template (opdpipe.backends)
-        student, teacher, tok, rt = runtime.load_pair(spec.student, spec.teacher, spec.backend, resume,
-                                                      cfg["rollout_batch_size"])
+        student, teacher, tok, rt = runtime.load_pair(spec.student, spec.teacher, spec.backend,
+                                                      found[0] if found else None, cfg["rollout_batch_size"])
     else:
         tok = load_tokenizer(spec.student)
-        student = load_model(resume or spec.student)
+        student = found[0] if found else load_model(spec.student)
         teacher = load_model(spec.teacher)
     check_compatible(tok, load_tokenizer(spec.teacher), student, teacher)
     for p in teacher.parameters():
@@ -279,29 +260,30 @@ def build_state(spec: RunSpec, cfg: dict, out: Path, log) -> RunState:
         (lambda s: min(1.0, (s + 1) / cfg["warmup_steps"]) if cfg["warmup_steps"] else 1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, sched_fn)
     gen = torch.Generator().manual_seed(spec.seed)
-    train = read_jsonl(Path(spec.data_dir) / "train.jsonl")
-    val = read_jsonl(Path(spec.data_dir) / "validation.jsonl")[:cfg["eval_size"]]
+    train = load_split(spec.data_dir, "train", log)
+    val = load_split(spec.data_dir, "validation", log)[:cfg["eval_size"]]
     state = RunState(student, teacher, tok, opt, sched, gen, train, val, get_task(spec.task).score,
                      get_divergence(spec.divergence), get_design(spec.design), runtime=rt)
     state.rollout_gen = gen if rt is None or rt.device.type == "cpu" else \
         torch.Generator(device=rt.device).manual_seed(spec.seed)
-    if resume is not None:
-        ts = torch.load(resume / "trainer_state.pt", weights_only=False)
+    if found:
+        _, ts, ckpt = found
         opt.load_state_dict(ts["optimizer"]), sched.load_state_dict(ts["scheduler"])
         gen.set_state(ts["generator"]), torch.set_rng_state(ts["torch_rng"]), random.setstate(ts["python_rng"])
         if "rollout_generator" in ts:
             state.rollout_gen.set_state(ts["rollout_generator"])
         state.step = ts["step"]
-        log(f"resuming from {resume} (step {state.step})")
+        log(f"resuming from {ckpt} (step {state.step})")
     return state
 
 
-def _restore_metrics(path: Path, upto: int) -> None:
-    """Keep the metrics of steps <= upto (those the checkpoint already contains)."""
-    if not path.exists():
-        return
-    rows = [r for r in read_jsonl(path) if r["step"] <= upto]
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+def _resume_point(out: Path, metrics_path: Path, log, load=load_model):
+    """The newest readable checkpoint whose streamed metrics are intact, else None (a fresh start)."""
+    found = checkpoints.load_latest(out, log, load)
+    if found and not checkpoints.restore_metrics(metrics_path, found[1]["step"], log):
+        checkpoints.discard_all(out, log)
+        found = None
+    return found
 
 
 # ---------------------------------------------------------------- the run
@@ -313,10 +295,11 @@ def run(spec: RunSpec, callbacks: tuple[Callable[[int, dict], None], ...] = (), 
     out = Path(spec.out_dir)
     (out / WORK).mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    state = build_state(spec, cfg, out, log)
-    vocab = state.student.config.vocab_size
     metrics_path = out / WORK / "metrics.jsonl"
-    _restore_metrics(metrics_path, state.step)
+    load = load_model if not spec.backend else \
+        (lambda ckpt: runtime.load_resumed_student(spec.student, ckpt, spec.backend))  # LoRA: adapter only
+    state = build_state(spec, cfg, _resume_point(out, metrics_path, log, load), log)
+    vocab = state.student.config.vocab_size
     if state.step == 0:
         metrics_path.unlink(missing_ok=True)
         val_acc = _validate(state, cfg)
@@ -336,13 +319,14 @@ def run(spec: RunSpec, callbacks: tuple[Callable[[int, dict], None], ...] = (), 
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", val=metrics.get("val/greedy_acc", ""))
         bar.update(1)
         if cfg["checkpoint_every"] and state.step % cfg["checkpoint_every"] == 0 and state.step < cfg["steps"]:
-            save_training_checkpoint(state, out)
+            extra = {} if state.rollout_gen is state.gen else {"rollout_generator": state.rollout_gen.get_state()}
+            checkpoints.save(out, state.student, state.opt, state.sched, state.gen, state.step, extra)
     bar.close()
     if state.runtime is None:
         save_checkpoint(state.student, state.tok, out / "final")
     else:
         runtime.save_final(state.student, state.tok, out / "final")  # a LoRA adapter merged in
-    rows = read_jsonl(metrics_path)
+    rows = checkpoints.read_stream(metrics_path, log)
     atomic_write_text(out / "metrics.jsonl", metrics_path.read_text())
     summary = {"task": spec.task, "divergence": spec.divergence, "design": spec.design, "seed": spec.seed,
                "config": cfg, "spec": asdict(spec), "final": rows[-1], "steps": state.step,

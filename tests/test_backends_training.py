@@ -77,7 +77,7 @@ def test_a_killed_lora_run_resumes_to_the_same_weights(mini_world, tiny_world, t
     with pytest.raises(Killed):
         trainer.run(_spec(mini_world, tiny_world, tmp_path / "r"), callbacks=(kill_at_3,), progress=False)
     ckpt = tmp_path / "r" / "work" / "checkpoints" / "step_000002"
-    assert (ckpt / "adapter" / "adapter_model.safetensors").exists() and (ckpt / "trainer_state.pt").exists()
+    assert (ckpt / "adapter_model.safetensors").exists() and (ckpt / "trainer_state.pt").exists()
     trainer.run(_spec(mini_world, tiny_world, tmp_path / "r"), progress=False)
     a, b = _weights(tmp_path / "full" / "final"), _weights(tmp_path / "r" / "final")
     for n in a:

@@ -1,5 +1,6 @@
 """Study configs: the schema, the registries and the error messages agree."""
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
@@ -87,3 +88,77 @@ def test_teacher_steps_per_task(default):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="not found"):
         load("configs/nope.yaml")
+
+
+@pytest.mark.parametrize("edit, match", [
+    # names that become paths: one safe pattern, bounded length, never "." or ".."
+    (lambda c: c.update(study=".."), r"at study: '\.\.' does not match"),
+    (lambda c: c.update(study="."), r"at study: '\.' does not match"),
+    (lambda c: c.update(study="x; touch PWNED; echo"), r"at study: 'x; touch PWNED; echo' does not match"),
+    (lambda c: c.update(study="s" * 300), r"at study: 's{300}' does not match"),
+    (lambda c: c["variants"][0].update(name=".."), r"at variants.0.name: '\.\.' does not match"),
+    (lambda c: c["variants"][0].update(name="a..b"), r"variants.0.name = 'a\.\.b': a name used in paths"),
+    (lambda c: c["variants"].append({"divergence": "alpha: 0.5", "design": "opd"}),
+     r"variants.6.divergence: divergence 'alpha: 0.5': alpha must be written as a plain number with no spaces"),
+    # accepted, then failed late: now refused before any job
+    (lambda c: c["opd"].update(prompts_per_step=4.0), r"at opd.prompts_per_step: 4.0 is not of type 'integer'"),
+    (lambda c: c["opd"].update(group_size=2.0), r"at opd.group_size: 2.0 is not of type 'integer'"),
+    (lambda c: c["opd"].update(num_substeps=3), r"opd.num_substeps = 3 \(variants.0 \(forward_kl-opd\) on task "
+                                                 r"math\): must divide the batch of .* = 64 rollouts"),
+    (lambda c: c["tasks"]["math"].update(max_new_tokens=300), r"max_new_tokens = 300 .*the teacher model has only "
+                                                               r"256 positions.*allowed: max_new_tokens < 256"),
+    (lambda c: c.update(seeds=[0, 0]), r"at seeds: \[0, 0\] has non-unique elements"),
+    (lambda c: c["variants"].append({"divergence": "alpha:0", "design": "opd"}),
+     r"variants.6.divergence: divergence 'alpha:0' is the reverse-KL limit .*use divergence reverse_kl"),
+    (lambda c: c["variants"].append({"divergence": "alpha:1", "design": "opd"}),
+     r"variants.6.divergence: divergence 'alpha:1' is the forward-KL limit .*use divergence forward_kl"),
+    (lambda c: c["variants"].append({"divergence": "alpha:1e-300", "design": "opd"}),
+     r"alpha must be finite and at least 0.001 away from 0 and 1"),
+    (lambda c: c["variants"].append({"divergence": "alpha:5", "design": "opd_plus"}),
+     r"opd.log_u_clip = 20.0 \(variants.6 .*\) with divergence 'alpha:5'.*allowed: opd.log_u_clip <= 17.7"),
+    (lambda c: c["opd"].update(log_u_clip=60.0) or c["variants"].append({"divergence": "pearson_chi2", "design": "opd"}),
+     r"opd.log_u_clip = 60.0 \(variants.6 \(pearson_chi2-opd\) on task math\) with divergence 'pearson_chi2': "
+     r"f\(u\) or its advantages overflow float32 .* allowed: opd.log_u_clip <= 44.3"),
+    (lambda c: c["tasks"]["math"]["knobs"].update(max_operands=9),
+     r"tasks.math.knobs: unknown knob\(s\) \['max_operands'\]; allowed: \['max_operand', 'max_steps', 'min_steps'\]"),
+])
+def test_inputs_that_used_to_fail_late_are_refused_before_any_job(default, edit, match):
+    edit(default)
+    with pytest.raises(ConfigError, match=match):
+        validate(default)
+
+
+@pytest.mark.parametrize("content, match", [
+    ("study: x\ntasks: [\n", r"not valid YAML at line 3"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", r"cannot be read as text"),
+    ("- just\n- a list\n", r"a study config is a mapping of keys, got list"),
+    ("", r"a study config is a mapping of keys, got NoneType"),
+])
+def test_unreadable_config_files_are_named(tmp_path, content, match):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConfigError, match=f"config file {path}: {match}" if "YAML" in match or "mapping" in match
+                       else match):
+        load(path)
+
+
+def test_a_directory_is_not_a_config(tmp_path):
+    with pytest.raises(ConfigError, match="is not a file"):
+        load(tmp_path)
+
+
+def test_the_schema_ships_inside_the_package():
+    import opdpipe
+    from opdpipe import config
+
+    assert config.SCHEMA_PATH.is_relative_to(Path(opdpipe.__file__).parent) and config.SCHEMA_PATH.exists()
+    assert 'opdpipe = ["lmeval_tasks/**/*", "schemas/*.yaml"' in (ROOT / "pyproject.toml").read_text()
+    assert (ROOT / "workflow" / "schemas" / "config.schema.yaml").resolve() == config.SCHEMA_PATH
+
+
+def test_every_path_name_rule_holds_for_the_layout():
+    from opdpipe.layout import Layout
+
+    with pytest.raises(ValueError, match="study = '\\.\\.'"):
+        Layout.for_study("..")
+    assert Layout.for_study("default").run_file("math", "jsd-opd", 1, "final") == "results/default/math/jsd-opd/seed1/final"

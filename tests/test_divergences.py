@@ -113,7 +113,7 @@ def test_registry_errors_name_the_input_and_the_choices():
         get_divergence("kl")
     with pytest.raises(ValueError, match="alpha:1"):
         get_divergence("alpha:1")
-    with pytest.raises(ValueError, match="needs a number"):
+    with pytest.raises(ValueError, match="must be written as a plain number"):
         get_divergence("alpha:abc")
     with pytest.raises(ValueError, match="already registered"):
         DIVERGENCES.register("jsd", get_divergence("jsd"))
@@ -154,3 +154,49 @@ def test_stable_exact_forms_agree_with_the_generic_sum(name):
     d = get_divergence(name)
     generic = (p.exp() * d.f(q - p)).sum(-1)
     torch.testing.assert_close(d.exact(q, p), generic, rtol=1e-10, atol=1e-12)
+
+
+def _reference_exact(name, q, p):
+    """sum_a p f(q/p) in float64 by hand, with the limits at zero probabilities."""
+    f = {"pearson_chi2": lambda u: (u - 1) ** 2, "neyman_chi2": lambda u: (1 - u) ** 2 / u,
+         "hellinger": lambda u: (math.sqrt(u) - 1) ** 2, "total_variation": lambda u: abs(u - 1) / 2,
+         "alpha:3": lambda u: (u ** 3 - 3 * u + 2) / 6}[name]
+    slope = {"hellinger": 1.0, "total_variation": 0.5, "neyman_chi2": 1.0}  # lim f(u)/u
+    total = 0.0
+    for qa, pa in zip(q, p):
+        if pa == 0.0:
+            total += 0.0 if qa == 0.0 else qa * slope[name]
+        else:
+            total += pa * f(qa / pa)
+    return total
+
+
+@pytest.mark.parametrize("name, log_u", [("pearson_chi2", 50.0), ("neyman_chi2", 60.0), ("alpha:3", 30.0)])
+def test_exact_divergence_is_finite_in_float32_where_a_product_would_overflow(name, log_u):
+    # one token with q/p = e^log_u: the product p * f(u) forms e^100, e^120, e^90 (beyond float32's e^88)
+    # on the way; the divergence itself fits in float32
+    a, b = math.exp(-1.0), math.exp(-1.0 - log_u)
+    q, p = [a, b, 1 - a - b], [b, a, 1 - a - b]
+    lq, lp = torch.tensor([q]).log().float(), torch.tensor([p]).log().float()
+    got = get_divergence(name).exact(lq, lp)
+    want = _reference_exact(name, q, p)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert got.item() == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["hellinger", "total_variation", "neyman_chi2"])
+def test_exact_divergence_takes_the_limit_at_zero_probabilities(name):
+    q, p = [0.5, 0.5, 0.0], [0.0, 0.5, 0.5]  # q > 0 where p = 0, and q = 0 where p > 0
+    lq, lp = torch.tensor([q]).log(), torch.tensor([p]).log()
+    got = get_divergence(name).exact(lq, lp)
+    if name == "neyman_chi2":  # f(0+) = inf: the divergence is infinite, not NaN
+        assert got.item() == math.inf
+    else:
+        assert got.item() == pytest.approx(_reference_exact(name, q, p), rel=1e-6)
+
+
+def test_kl_and_jsd_with_zero_probabilities_are_not_nan():
+    lq, lp = torch.tensor([[0.5, 0.5, 0.0]]).log(), torch.tensor([[0.25, 0.25, 0.5]]).log()
+    assert get_divergence("forward_kl").exact(lq, lp).item() == pytest.approx(math.log(2.0))  # KL(q||p)
+    assert get_divergence("reverse_kl").exact(lq, lp).item() == math.inf
+    assert math.isfinite(get_divergence("jsd").exact(lq, lp).item())

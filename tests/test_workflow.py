@@ -83,9 +83,52 @@ def test_complete_study_schedules_nothing_and_one_edit_reruns_one_variant(smoke)
     r = _smk(smoke, "-n", "--cores", "2", "--quiet", "rules", config="configs/edited.yaml")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-2000:]
-    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
-              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    counts = _rule_counts(out)
     assert counts == {"train": 4, "evaluate_variant": 2, "track": 1, "report": 1, "all": 1, "total": 9}, out
+
+
+def _rule_counts(out: str) -> dict:
+    return {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+            if len(line.split()) == 2 and line.split()[1].isdigit()}
+
+
+def test_a_student_edit_does_not_retrain_the_teacher(smoke):
+    cfg = yaml.safe_load((smoke / "configs" / "smoke.yaml").read_text())
+    cfg["student"]["sft"]["lr"] = 1e-3
+    (smoke / "configs" / "student.yaml").write_text(yaml.safe_dump(cfg))
+    r = _smk(smoke, "-n", "--cores", "2", "--quiet", "rules", config="configs/student.yaml")
+    counts = _rule_counts(r.stdout + r.stderr)
+    assert r.returncode == 0 and counts["sft_init"] == 2 and "teacher" not in counts, r.stdout[-2000:]
+
+
+def test_outputs_deleted_by_a_killed_forced_rerun_are_made_again(smoke, tmp_path):
+    """`make variant` deletes a run's outputs before training it; killed then, the plain command must
+    make them again, though the report downstream still exists."""
+    work = tmp_path / "killed"
+    shutil.copytree(smoke, work, symlinks=True)
+    run = work / "results" / "smoke" / "math" / "forward_kl-opd" / "seed0"
+    shutil.rmtree(run / "final")
+    (run / "summary.json").unlink()
+    (run / "metrics.jsonl").unlink()
+    r = _smk(work, "-n", "--cores", "2", "--quiet", "rules")
+    counts = _rule_counts(r.stdout + r.stderr)
+    assert counts.get("train") == 1 and counts.get("report") == 1, (r.stdout + r.stderr)[-2000:]
+
+
+def test_a_moved_study_reruns_nothing(smoke, tmp_path):
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(smoke, moved, symlinks=True)  # copy2: modification times kept, as `cp -a` or `mv`
+    r = _smk(moved, "-n", "--cores", "2")
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
+
+
+def test_the_report_rule_declares_every_figure_it_writes(smoke):
+    from opdpipe.layout import FIGURES
+
+    r = _smk(smoke, "-n", "--cores", "2", "--forcerun", "report")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and all(f"report/figures/{name}.png" in out for name in FIGURES), out[-3000:]
+    assert all((smoke / "results" / "smoke" / "report" / "figures" / f"{n}.png").exists() for n in FIGURES)
 
 
 def test_malformed_config_starts_no_job(smoke):

@@ -38,11 +38,14 @@ def teacher_in_micro_batches(state, cfg, t_ctx, resp, mask) -> torch.Tensor:
 
 
 def accumulate(lp_fn, mb: torch.Tensor, size: int, lp_old, adv, mask, agg: str,
-               clip_ratio) -> tuple[float, dict]:
-    """Backward passes over the micro-batches of minibatch `mb` (row indices); returns (loss, stats)."""
+               clip_ratio, check_loss=None) -> tuple[float, dict]:
+    """Backward passes over the micro-batches of minibatch `mb` (row indices); returns (loss, stats).
+    check_loss(value) runs on each micro-batch's loss before its backward pass."""
     loss_total, clip_total = 0.0, 0.0
     for micro in mb.split(size):
         loss, stats = policy_loss(lp_fn(micro), lp_old[micro], adv[micro], mask[micro], agg, clip_ratio)
+        if check_loss is not None:
+            check_loss(loss.item())
         w = micro_weight(mask[micro], mask[mb], agg)
         (loss * w).backward()
         loss_total += loss.item() * w
@@ -50,9 +53,11 @@ def accumulate(lp_fn, mb: torch.Tensor, size: int, lp_old, adv, mask, agg: str,
     return loss_total, {"loss/ratio_clip_frac": clip_total}
 
 
-def backend_update(state, cfg, s_ctx, resp, mask, lq, minibatches):
+def backend_update(state, cfg, s_ctx, resp, mask, lq, minibatches, checks=(None, None)):
     """One step's update of a pretrained student (the trainer's `state`): autocast, chunked log-probs,
-    micro-batches. Returns (losses, grad_norms, log_u, clip_frac, adv_stats, loss_stats)."""
+    micro-batches. Returns (losses, grad_norms, log_u, clip_frac, adv_stats, loss_stats).
+    checks = (require_finite(what, value), require_finite_weights(model)): the trainer's guards."""
+    finite, finite_weights = checks
     pad, chunk, size = state.tok.pad_token_id, cfg["logprob_chunk"], cfg["micro_batch_size"] or len(resp)
 
     def lp_fn(rows):
@@ -71,9 +76,13 @@ def backend_update(state, cfg, s_ctx, resp, mask, lq, minibatches):
     params = [p for p in state.student.parameters() if p.requires_grad]
     for mb in minibatches:
         state.opt.zero_grad(set_to_none=True)
-        loss, loss_stats = accumulate(lp_fn, mb.to(resp.device), size, lp_old, adv, mask,
-                                                 cfg["loss_agg"], cfg["clip_ratio"])
+        loss, loss_stats = accumulate(lp_fn, mb.to(resp.device), size, lp_old, adv, mask, cfg["loss_agg"],
+                                      cfg["clip_ratio"], finite and (lambda v: finite("loss", v)))
         grad_norms.append(torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"]).item())
+        if finite:
+            finite("gradient norm", grad_norms[-1])
         state.opt.step()
+        if finite_weights:
+            finite_weights(state.student)
         losses.append(loss)
     return losses, grad_norms, log_u, clip_frac, adv_stats, loss_stats

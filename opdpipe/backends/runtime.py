@@ -21,9 +21,6 @@ from opdpipe.backends.rollout import get_engine
 from opdpipe.backends.vocab import check_vocab_agreement, load_checkpoint_tokenizer
 from opdpipe.provenance import atomic_dir
 
-ADAPTER_DIR = "adapter"  # inside a resumable checkpoint of a LoRA student
-
-
 @dataclass
 class Runtime:
     device: torch.device
@@ -46,29 +43,29 @@ def build_runtime(backend: dict, rollout_batch_size: int = 0) -> Runtime:
                    get_engine(backend.get("rollout", "hf"), rollout_batch_size), lora.check_adapter(s.get("adapter")))
 
 
-def load_pair(student_dir: str | Path, teacher_dir: str | Path, backend: dict, resume: Path | None,
+def load_pair(student_dir: str | Path, teacher_dir: str | Path, backend: dict, student=None,
               rollout_batch_size: int = 0):
-    """(student, teacher, tokenizer, runtime); a resumed LoRA student gets its saved adapter back."""
+    """(student, teacher, tokenizer, runtime); `student`: one resumed by load_resumed_student, else fresh."""
     rt = build_runtime(backend, rollout_batch_size)
     s_block = backend.get("student", {})
     tok = load_checkpoint_tokenizer(student_dir, s_block.get("trust_remote_code", False))
     t_tok = load_checkpoint_tokenizer(teacher_dir, backend.get("teacher", {}).get("trust_remote_code", False))
     check_vocab_agreement(t_tok, tok)
     teacher = load_teacher(teacher_dir, backend.get("teacher", {}))
-    if rt.adapter is None:
-        student = load_student(resume or student_dir, s_block)
-    else:
+    if student is None:
         student = load_student(student_dir, s_block)
-        student = lora.load_adapter(student, resume / ADAPTER_DIR) if resume else lora.attach_lora(student, rt.adapter)
+        if rt.adapter is not None:
+            student = lora.attach_lora(student, rt.adapter)
     return student, teacher, tok, rt
 
 
-def save_resumable(student, folder: Path) -> None:
-    """The trainable state of the student into `folder` (the adapter only, for a LoRA student)."""
-    if hasattr(student, "peft_config"):
-        student.save_pretrained(str(folder / ADAPTER_DIR))
-    else:
-        student.save_pretrained(str(folder))
+def load_resumed_student(student_dir: str | Path, ckpt: Path, backend: dict):
+    """The student of a resumable checkpoint (opdpipe.checkpoints.save wrote `save_pretrained` there:
+    a LoRA student's adapter only, over the unchanged base in `student_dir`)."""
+    s_block = backend.get("student", {})
+    if lora.check_adapter(s_block.get("adapter")) is None:
+        return load_student(ckpt, s_block)
+    return lora.load_adapter(load_student(student_dir, s_block), ckpt)
 
 
 def save_final(student, tok, path: Path) -> None:

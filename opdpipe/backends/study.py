@@ -12,12 +12,13 @@ from opdpipe.backends import lora
 from opdpipe.backends.chat import check_chat
 from opdpipe.backends.device import check_device
 from opdpipe.backends.loading import check_source, is_pretrained
+from opdpipe.layout import Layout
 
 BACKEND_KEYS = ("device", "dtype", "trust_remote_code", "gradient_checkpointing", "adapter")
 
 
 def mini_pair_dir(study: str, role: str) -> str:
-    return f"results/{study}/hub/{role}"
+    return Layout.for_study(study).hub_dir(role)
 
 
 def is_pretrained_study(cfg: dict) -> bool:

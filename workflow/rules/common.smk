@@ -1,21 +1,32 @@
-# Helpers shared by the stage files. Paths follow from wildcards, values from the config.
+# Helpers shared by the stage files: every path comes from opdpipe.layout, every value from the
+# config through a named function, so that changing a value re-runs exactly the jobs it affects.
 import os
-import json
 import sys
 
 from opdpipe.config import opd_hparams, teacher_config, variants
+from opdpipe.layout import FIGURES, REFERENCES, Layout
+from opdpipe.provenance import config_hash
 
 STUDY = config["study"]
-RESULTS = f"results/{STUDY}"
+L = Layout.for_study(STUDY)
+RESULTS = L.root
 PY = sys.executable
 TASKS = list(config["tasks"])
 VARIANTS = list(variants(config))
 SEEDS = config["seeds"]
-REFERENCES = ["teacher", "sft_init"]
+VARIANT_TABLE = {vid: {"divergence": v["divergence"], "design": v["design"]} for vid, v in variants(config).items()}
+# the tracking URI given in the config, or None: the sqlite store inside the study folder, resolved
+# when the job runs (an absolute path here would re-run every job of a moved results folder)
+TRACKING_URI = config["tracking"]["uri"]
 
 
-def run_dir(w):
-    return f"{RESULTS}/{w.task}/{w.variant}/seed{w.seed}"
+# ---------------------------------------------------------------- per-job values
+def task_spec(w):
+    return config["tasks"][w.task]
+
+
+def max_new_tokens(w):
+    return config["tasks"][w.task]["max_new_tokens"]
 
 
 def hparams(w):
@@ -23,37 +34,94 @@ def hparams(w):
     return opd_hparams(config, w.task, w.variant)
 
 
-VARIANT_TABLE = {vid: {"divergence": v["divergence"], "design": v["design"]} for vid, v in variants(config).items()}
-
-
 def variant_of(w):
     return VARIANT_TABLE[w.variant]
 
 
-def world_params(w):
-    """What the teacher / SFT-init stages depend on."""
-    p = {"teacher": teacher_config(config, w.task), "student": config["student"],
-         "max_new_tokens": config["tasks"][w.task]["max_new_tokens"]}
-    return {**p, "chat": config["chat"]} if PRETRAINED else p
+def teacher_params(w):
+    """What the teacher stage depends on: its own block, the budget, and how many completions the
+    SFT-init student will need (not the rest of the student block)."""
+    p = {"teacher": teacher_config(config, w.task), "max_new_tokens": max_new_tokens(w),
+         "num_completions": config["student"]["sft"]["num_examples"]}
+    return {**p, "chat": config["chat"]} if PRETRAINED else p  # pretrained: prompts through the chat template
+
+
+def tracking_store_outputs():
+    """The store marker, and the sqlite store itself where the study keeps its own."""
+    return [L.tracking_file("store.json")] + ([] if TRACKING_URI else [L.mlflow_db()])
+
+
+def study_root_of_store(w, input):
+    """results/<study>, from the tracking store marker the job reads (where mlflow.db lives)."""
+    return os.path.dirname(os.path.dirname(input.store))
+
+
+def study_root_of_output(w, output):
+    return os.path.dirname(os.path.dirname(output[0]))
+
+
+def run_dir(w):
+    return L.run_dir(w.task, w.variant, w.seed)
 
 
 def reference_checkpoint(w):
-    return {"teacher": f"{RESULTS}/{w.task}/teacher/checkpoint",
-            "sft_init": f"{RESULTS}/{w.task}/sft_init/checkpoint"}[w.ref]
+    return [L.checkpoint(w.task, w.ref)]
 
 
-def all_run_dirs():
-    return [f"{RESULTS}/{t}/{v}/seed{s}" for t in TASKS for v in VARIANTS for s in SEEDS]
+def variant_checkpoints(w):
+    return [L.run_file(w.task, w.variant, s, "final") for s in SEEDS]
+
+
+def variant_labels(w):
+    return [f"{w.variant}/seed{s}" for s in SEEDS]
+
+
+def reference_label(w):
+    return [w.ref]
+
+
+# ---------------------------------------------------------------- the study's rows
+def study_rows():
+    """Every row of the study with the files that describe it: references first, then the runs."""
+    rows = [{"task": t, "variant": r, "seed": None, "eval": L.eval_file(t, r),
+             "manifest": L.path(t, r, "manifest.json")} for t in TASKS for r in REFERENCES]
+    rows += [{"task": t, "variant": v, "seed": s, "eval": L.eval_file(t, v, s),
+              "summary": L.run_file(t, v, s, "summary.json"), "metrics": L.run_file(t, v, s, "metrics.jsonl")}
+             for t in TASKS for v in VARIANTS for s in SEEDS]
+    return rows
 
 
 def all_evals():
-    runs = [f"{d}/eval.json" for d in all_run_dirs()]
-    refs = [f"{RESULTS}/{t}/{r}/eval.json" for t in TASKS for r in REFERENCES]
-    return refs + runs
+    return [r["eval"] for r in study_rows()]
 
 
-# Pretrained models (opdpipe.backends): what the stages add for checkpoints with their own tokenizer.
-from opdpipe.backends.study import backend_block, is_pretrained_study, mini_pair_dir
+def all_summaries():
+    return [r["summary"] for r in study_rows() if r["seed"] is not None]
+
+
+def all_metrics():
+    return [r["metrics"] for r in study_rows() if r["seed"] is not None]
+
+
+def all_finals():
+    return [L.run_file(t, v, s, "final") for t in TASKS for v in VARIANTS for s in SEEDS]
+
+
+def all_hparams():
+    return {f"{t}/{v}": opd_hparams(config, t, v) for t in TASKS for v in VARIANTS}
+
+
+def world_block():
+    """The world every reference row was built from (logged as MLflow params)."""
+    return {k: config[k] for k in ("seed", "tasks", "teacher", "student", "eval")}
+
+
+def report_settings():
+    return {"study": STUDY, "tasks": TASKS, "seeds": SEEDS, "variants": VARIANT_TABLE}
+
+
+# ---------------------------------------------------------------- pretrained models (opdpipe.backends)
+from opdpipe.backends.study import backend_block, is_pretrained_study
 
 PRETRAINED = is_pretrained_study(config)
 BACKEND = backend_block(config)  # {} for the embedded world
@@ -61,9 +129,11 @@ BACKEND = backend_block(config)  # {} for the embedded world
 
 def mini_pair_outputs(w):
     """The mini pair's folders when this study builds it first, else nothing."""
-    if "mini_pair" not in config:
-        return []
-    return [mini_pair_dir(STUDY, "teacher"), mini_pair_dir(STUDY, "student")]
+    return [L.hub_dir("teacher"), L.hub_dir("student")] if "mini_pair" in config else []
+
+
+def mini_pair_spec(w):
+    return config.get("mini_pair", {})
 
 
 def student_params(w):

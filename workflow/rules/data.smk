@@ -3,17 +3,17 @@
 
 rule prepare_data:
     output:
-        train=f"{RESULTS}/data/{{task}}/train.jsonl",
-        validation=f"{RESULTS}/data/{{task}}/validation.jsonl",
-        test=f"{RESULTS}/data/{{task}}/test.jsonl",
-        manifest=f"{RESULTS}/data/{{task}}/manifest.json",
+        train=L.data_file("{task}", "train"),
+        validation=L.data_file("{task}", "validation"),
+        test=L.data_file("{task}", "test"),
+        manifest=L.path("data", "{task}", "manifest.json"),
     params:
-        spec=lambda w: config["tasks"][w.task],
+        spec=task_spec,
         seed=config["seed"],
     conda:
         "../envs/opdpipe.yaml"
     log:
-        f"{RESULTS}/logs/prepare_data/{{task}}.log",
+        L.log("prepare_data", "{task}"),
     script:
         "../scripts/prepare_data.py"
 
@@ -22,12 +22,12 @@ rule tokenizer:
     input:
         mini_pair_outputs,
     output:
-        f"{RESULTS}/tokenizer/tokenizer.json",
+        L.tokenizer_file(),
     params:
         source=tokenizer_params,
     conda:
         "../envs/opdpipe.yaml"
     log:
-        f"{RESULTS}/logs/tokenizer.log",
+        L.log("tokenizer"),
     script:
         "../scripts/tokenizer.py"

@@ -5,43 +5,43 @@
 
 rule evaluate_variant:
     input:
-        checkpoints=lambda w: expand(rules.train.output.final, task=w.task, variant=w.variant, seed=SEEDS),
+        checkpoints=variant_checkpoints,
         test=rules.prepare_data.output.test,
     output:
-        [f"{RESULTS}/{{task}}/{{variant}}/seed{s}/eval.json" for s in SEEDS],
+        [L.eval_file("{task}", "{variant}", s) for s in SEEDS],
     params:
         eval=eval_params,
-        max_gen_toks=lambda w: config["tasks"][w.task]["max_new_tokens"],
+        max_gen_toks=max_new_tokens,
         seeds=SEEDS,
-        labels=lambda w: [f"{w.variant}/seed{s}" for s in SEEDS],
+        labels=variant_labels,
     threads: config["threads"]
     conda:
         "../envs/opdpipe.yaml"
     log:
-        f"{RESULTS}/logs/evaluate/{{task}}/{{variant}}.log",
+        L.log("evaluate", "{task}", "{variant}"),
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{task}}/{{variant}}.tsv"
+        L.benchmark("evaluate", "{task}", "{variant}")
     script:
         "../scripts/evaluate.py"
 
 
 rule evaluate_reference:
     input:
-        checkpoints=lambda w: [reference_checkpoint(w)],
+        checkpoints=reference_checkpoint,
         test=rules.prepare_data.output.test,
     output:
-        f"{RESULTS}/{{task}}/{{ref}}/eval.json",
+        L.eval_file("{task}", "{ref}"),
     params:
         eval=eval_params,
-        max_gen_toks=lambda w: config["tasks"][w.task]["max_new_tokens"],
+        max_gen_toks=max_new_tokens,
         seeds=[config["seed"]],
-        labels=lambda w: [w.ref],
+        labels=reference_label,
     threads: config["threads"]
     conda:
         "../envs/opdpipe.yaml"
     log:
-        f"{RESULTS}/logs/evaluate/{{task}}/{{ref}}.log",
+        L.log("evaluate", "{task}", "{ref}"),
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{task}}/{{ref}}.tsv"
+        L.benchmark("evaluate", "{task}", "{ref}")
     script:
         "../scripts/evaluate.py"

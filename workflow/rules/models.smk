@@ -7,19 +7,19 @@ rule mini_pair:
     input:
         train=expand(rules.prepare_data.output.train, task=TASKS),
     output:
-        teacher=directory(f"{RESULTS}/hub/teacher"),
-        student=directory(f"{RESULTS}/hub/student"),
-        manifest=f"{RESULTS}/hub/manifest.json",
+        teacher=directory(L.hub_dir("teacher")),
+        student=directory(L.hub_dir("student")),
+        manifest=L.path("hub", "manifest.json"),
     params:
-        spec=config.get("mini_pair", {}),
+        spec=mini_pair_spec,
         seed=config["seed"],
     threads: config["threads"]
     priority: 4
     conda:
         "../envs/opdpipe.yaml"
     log:
-        f"{RESULTS}/logs/mini_pair.log",
+        L.log("mini_pair"),
     benchmark:
-        f"{RESULTS}/benchmarks/mini_pair.tsv"
+        L.benchmark("mini_pair")
     script:
         "../scripts/mini_pair.py"

@@ -5,20 +5,19 @@ rule report:
     input:
         runs=rules.track.output,
         evals=all_evals(),
-        summaries=[f"{d}/summary.json" for d in all_run_dirs()],
+        metrics=all_metrics(),
     output:
-        md=f"{RESULTS}/report/report.md",
-        html=report(f"{RESULTS}/report/report.html", caption="../report/report.rst", category="Report"),
-        curves=report(f"{RESULTS}/report/figures/curves.png", caption="../report/curves.rst", category="Figures"),
-        bias=report(f"{RESULTS}/report/figures/bias.png", caption="../report/bias.rst", category="Figures"),
-        grad=report(f"{RESULTS}/report/figures/grad_norm.png", caption="../report/diagnostics.rst",
-                    category="Figures"),
+        md=L.report_file("report.md"),
+        html=report(L.report_file("report.html"), caption="../report/report.rst", category="Report"),
+        figures=[report(L.figure(name), caption=f"../report/{name}.rst", category="Figures") for name in FIGURES],
     params:
-        results=lambda w, input: os.path.dirname(os.path.dirname(input.runs[0])),
-        variants=VARIANT_TABLE,
+        settings=report_settings(),
+        rows=study_rows(),
+        benchmarks=L.path("benchmarks"),
+        config_hash=config_hash(config),
     conda:
         "../envs/opdpipe.yaml"
     log:
-        f"{RESULTS}/logs/report.log",
+        L.log("report"),
     script:
         "../scripts/report.py"

@@ -7,20 +7,20 @@ rule teacher:
         data=rules.prepare_data.output.manifest,
         tokenizer=rules.tokenizer.output,
     output:
-        checkpoint=directory(f"{RESULTS}/{{task}}/teacher/checkpoint"),
-        completions=f"{RESULTS}/{{task}}/teacher/completions.jsonl",
-        manifest=f"{RESULTS}/{{task}}/teacher/manifest.json",
+        checkpoint=directory(L.checkpoint("{task}", "teacher")),
+        completions=L.path("{task}", "teacher", "completions.jsonl"),
+        manifest=L.path("{task}", "teacher", "manifest.json"),
     params:
-        cfg=world_params,
+        cfg=teacher_params,
         seed=config["seed"],
     threads: config["threads"]
     priority: 3
     conda:
         "../envs/opdpipe.yaml"
     log:
-        f"{RESULTS}/logs/teacher/{{task}}.log",
+        L.log("teacher", "{task}"),
     benchmark:
-        f"{RESULTS}/benchmarks/teacher/{{task}}.tsv"
+        L.benchmark("teacher", "{task}")
     script:
         "../scripts/teacher.py"
 
@@ -30,8 +30,8 @@ rule sft_init:
         completions=rules.teacher.output.completions,
         tokenizer=rules.tokenizer.output,
     output:
-        checkpoint=directory(f"{RESULTS}/{{task}}/sft_init/checkpoint"),
-        manifest=f"{RESULTS}/{{task}}/sft_init/manifest.json",
+        checkpoint=directory(L.checkpoint("{task}", "sft_init")),
+        manifest=L.path("{task}", "sft_init", "manifest.json"),
     params:
         student=student_params,
         seed=config["seed"],
@@ -40,8 +40,8 @@ rule sft_init:
     conda:
         "../envs/opdpipe.yaml"
     log:
-        f"{RESULTS}/logs/sft_init/{{task}}.log",
+        L.log("sft_init", "{task}"),
     benchmark:
-        f"{RESULTS}/benchmarks/sft_init/{{task}}.tsv"
+        L.benchmark("sft_init", "{task}")
     script:
         "../scripts/sft_init.py"

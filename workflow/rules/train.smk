@@ -6,15 +6,17 @@ rule train:
         student=rules.sft_init.output.checkpoint,
         teacher=rules.teacher.output.checkpoint,
         data=rules.prepare_data.output.manifest,
-        tracking=rules.tracking_store.output,
+        store=ancient(rules.tracking_store.output[0]),
     output:
-        final=directory(f"{RESULTS}/{{task}}/{{variant}}/seed{{seed}}/final"),
-        summary=f"{RESULTS}/{{task}}/{{variant}}/seed{{seed}}/summary.json",
-        metrics=f"{RESULTS}/{{task}}/{{variant}}/seed{{seed}}/metrics.jsonl",
+        final=directory(L.run_file("{task}", "{variant}", "{seed}", "final")),
+        summary=L.run_file("{task}", "{variant}", "{seed}", "summary.json"),
+        metrics=L.run_file("{task}", "{variant}", "{seed}", "metrics.jsonl"),
     params:
         variant=variant_of,
         hparams=hparams,
         run_dir=run_dir,
+        study=STUDY,
+        results=study_root_of_store,
         tracking_uri=TRACKING_URI,
         backend=BACKEND,
     threads: config["threads"]
@@ -22,8 +24,8 @@ rule train:
     conda:
         "../envs/opdpipe.yaml"
     log:
-        f"{RESULTS}/logs/train/{{task}}/{{variant}}/seed{{seed}}.log",
+        L.log("train", "{task}", "{variant}", "seed{seed}"),
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{task}}/{{variant}}/seed{{seed}}.tsv"
+        L.benchmark("train", "{task}", "{variant}", "seed{seed}")
     script:
         "../scripts/train.py"

@@ -12,6 +12,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from opdpipe import custom_divergences
 from opdpipe.advantages import ADVANTAGES
 from opdpipe.backends.study import check_study
 from opdpipe.data import check_sizes
@@ -112,6 +113,11 @@ def _check_variants(cfg: dict) -> None:
                              f"allowed: {', '.join(DIVERGENCES.names())}") from None
         except ValueError as err:  # a family member with a bad parameter: say why
             raise ValueError(f"variants.{i}.divergence: {err}") from None
+        if v["divergence"].startswith("custom:"):
+            try:
+                custom_divergences.check(div)
+            except ValueError as err:
+                raise ValueError(f"variants.{i}.divergence: {err}") from None
         if v["design"] not in ADVANTAGES:
             raise ValueError(f"variants.{i}.design: unknown {v['design']!r}; allowed: {', '.join(ADVANTAGES.names())}")
         vid = check_name(f"variants.{i}.name" if "name" in v else f"variants.{i} (id {variant_id(v)!r})",

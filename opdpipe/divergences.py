@@ -178,6 +178,15 @@ def _alpha_family(param: str) -> Divergence:
 DIVERGENCES.register_family("alpha", _alpha_family)
 
 
+def _custom_family(spec: str) -> Divergence:
+    from opdpipe import custom_divergences
+
+    return custom_divergences.make(spec)
+
+
+DIVERGENCES.register_family("custom", _custom_family)  # custom:<module or file.py>:<function>
+
+
 def get_divergence(name: str) -> Divergence:
     return DIVERGENCES.get(name)
 

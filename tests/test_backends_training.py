@@ -1,5 +1,7 @@
 """OPD on a pretrained hub-format pair: LoRA, chunked log-probs, micro-batches, resume, and one
 chat rendering shared by the rollouts, the teacher's scoring and lm-eval."""
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -105,7 +107,11 @@ def test_rollouts_teacher_scoring_and_lm_eval_see_the_same_prompt_ids(mini_world
     rows = read_jsonl(tiny_world / "data" / "train.jsonl")[:2]
     for split in ("train", "validation"):  # the teacher sees the privileged hook with the same text
         (data / f"{split}.jsonl").write_text("".join(
-            __import__("json").dumps({**e, "teacher_prompt": e["prompt"]}) + "\n" for e in rows))
+            json.dumps({**e, "teacher_prompt": e["prompt"]}) + "\n" for e in rows))
+    from opdpipe.provenance import sha256_file
+
+    (data / "manifest.json").write_text(json.dumps({"task": "math", "seed": 0, "spec": {"source": "test"}, "splits": {
+        s: {"count": 2, "sha256": sha256_file(data / f"{s}.jsonl")} for s in ("train", "validation")}}))
     spec = _spec(mini_world, tiny_world, tmp_path / "run", steps=1, prompts_per_step=1, group_size=1)
     spec.data_dir = str(data)
     state_ids = {}
@@ -129,8 +135,6 @@ def test_rollouts_teacher_scoring_and_lm_eval_see_the_same_prompt_ids(mini_world
 
 
 def test_sft_init_through_the_lora_adapter_is_merged(mini_world, tiny_world, tmp_path):
-    import json
-
     from opdpipe import student
 
     rows = read_jsonl(tiny_world / "data" / "train.jsonl")[:8]

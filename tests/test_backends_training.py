@@ -146,3 +146,12 @@ def test_sft_init_through_the_lora_adapter_is_merged(mini_world, tiny_world, tmp
     final, base = _weights(tmp_path / "out" / "checkpoint"), _weights(mini_world / "student")
     changed = {n for n in final if not torch.equal(final[n], base[n])}
     assert changed and all(n.endswith(("q_proj.weight", "v_proj.weight")) for n in changed), changed
+
+
+def test_a_lora_run_does_not_depend_on_the_global_random_state(mini_world, tiny_world, tmp_path):
+    trainer.run(_spec(mini_world, tiny_world, tmp_path / "a", steps=1), progress=False)
+    torch.manual_seed(12345)  # whatever ran before in the process
+    torch.rand(7)
+    trainer.run(_spec(mini_world, tiny_world, tmp_path / "b", steps=1), progress=False)
+    a, b = _weights(tmp_path / "a" / "final"), _weights(tmp_path / "b" / "final")
+    assert all(torch.equal(a[n], b[n]) for n in a)

@@ -19,6 +19,7 @@ wildcard_constraints:
 
 
 include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/track.smk"  # the store is created before the training jobs that log to it
 include: "workflow/rules/train.smk"

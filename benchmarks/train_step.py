@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from opdpipe import trainer
+from opdpipe.backends.study import backend_block
 from opdpipe.config import load, opd_hparams, variants
 from opdpipe.layout import Layout
 
@@ -32,7 +33,8 @@ def main():
     hp = {**opd_hparams(cfg, args.task, args.variant), "threads": 1}
     with tempfile.TemporaryDirectory() as out:
         spec = trainer.RunSpec(args.task, v["divergence"], v["design"], 0, lay.checkpoint(args.task, "sft_init"),
-                               lay.checkpoint(args.task, "teacher"), lay.data_dir(args.task), out, hp)
+                               lay.checkpoint(args.task, "teacher"), lay.data_dir(args.task), out, hp,
+                               backend_block(cfg))
         t0 = time.perf_counter()
         s = trainer.run(spec, progress=False, log=lambda *a: None)
         wall = time.perf_counter() - t0

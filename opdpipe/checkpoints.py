@@ -31,7 +31,8 @@ def checkpoint_dirs(out: Path) -> list[Path]:
 
 
 def save(out: Path, student, opt, sched, gen: torch.Generator, step: int, extra: dict | None = None) -> Path:
-    """`extra`: more trainer state (a data-parallel run adds every rank's random state)."""
+    """`extra`: more trainer state (a data-parallel run adds every rank's random state, a CUDA rollout
+    generator its state); a LoRA student saves its adapter."""
     final = out / WORK / "checkpoints" / f"step_{step:06d}"
     with atomic_dir(final) as tmp:
         student.save_pretrained(str(tmp))
@@ -43,17 +44,18 @@ def save(out: Path, student, opt, sched, gen: torch.Generator, step: int, extra:
     return final
 
 
-def load_latest(out: Path, log=print):
+def load_latest(out: Path, log=print, load=load_model):
     """(student model, trainer state, folder) of the newest readable checkpoint, or None.
 
-    Unreadable checkpoints are set aside in work/corrupt/ with the reason in the log."""
+    `load(folder)` reads the student (a LoRA student: base + saved adapter). Unreadable checkpoints
+    are set aside in work/corrupt/ with the reason in the log."""
     for ckpt in reversed(checkpoint_dirs(out)):
         try:
             state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
             missing = STATE_KEYS - set(state)
             if missing:
                 raise ValueError(f"trainer_state.pt lacks {sorted(missing)}")
-            model = load_model(ckpt)
+            model = load(ckpt)
             _check_weights(model)
             return model, state, ckpt
         except Exception as err:  # noqa: BLE001 - any failure to read means: not a usable checkpoint

@@ -25,6 +25,7 @@ from opdpipe.layout import Layout
 
 def _train(args) -> None:
     from opdpipe import trainer
+    from opdpipe.backends.study import backend_block
     from opdpipe.config import load, opd_hparams, variants
 
     cfg = load(args.config)
@@ -37,7 +38,8 @@ def _train(args) -> None:
     out = args.out or lay.run_dir(args.task, args.variant, args.seed)
     spec = trainer.RunSpec(args.task, vs[args.variant]["divergence"], vs[args.variant]["design"], args.seed,
                            lay.checkpoint(args.task, "sft_init"), lay.checkpoint(args.task, "teacher"),
-                           lay.data_dir(args.task), str(out), opd_hparams(cfg, args.task, args.variant))
+                           lay.data_dir(args.task), str(out), opd_hparams(cfg, args.task, args.variant),
+                           backend_block(cfg))
     summary = trainer.run(spec)
     print(json.dumps(summary["final"], indent=1))
 

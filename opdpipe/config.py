@@ -14,6 +14,7 @@ import yaml
 
 from opdpipe import custom_divergences, resources
 from opdpipe.advantages import ADVANTAGES
+from opdpipe.backends.study import check_study
 from opdpipe.data import check_spec
 from opdpipe.divergences import DIVERGENCES, check_clip, get_divergence
 from opdpipe.hparams import DEFAULTS
@@ -92,10 +93,7 @@ def _knob_names(task: str) -> set[str]:
 
 
 def _check_models(cfg: dict) -> None:
-    for role in ("teacher", "student"):
-        block = cfg[role]
-        if ("hf_id" in block) == ("model" in block):
-            raise ValueError(f"{role}: give exactly one of 'model' (built here) or 'hf_id'")
+    check_study(cfg)  # model sources, devices, adapter, chat, vocabularies (opdpipe.backends.study)
     if "model" in cfg["teacher"] and "train" not in cfg["teacher"]:
         raise ValueError("teacher: a model built here needs a 'train' block")
 

@@ -44,9 +44,26 @@ def _metric(res: dict, name: str) -> tuple[float, float]:
     return float(res[key]), float(err) if isinstance(err, (int, float)) else float("nan")
 
 
+def lm_arguments(checkpoint: str | Path, chat: dict | None, dtype: str, device: str) -> dict:
+    """model_args and apply_chat_template of simple_evaluate. The embedded default (no chat, float32,
+    CPU) keeps its plain string; a chat template goes through lm-eval's own `apply_chat_template`
+    with the same keyword arguments as opdpipe.backends.chat.render_prompt."""
+    from opdpipe.backends.chat import check_chat
+    from opdpipe.backends.device import resolve_device
+
+    chat = check_chat(chat)
+    dev = str(resolve_device(device, "eval"))
+    if chat["template"] == "none" and dtype == "float32" and dev == "cpu":
+        return {"model_args": f"pretrained={Path(checkpoint).resolve()},dtype=float32", "device": "cpu"}
+    args = {"pretrained": str(Path(checkpoint).resolve()), "dtype": dtype,
+            "chat_template_args": chat["kwargs"]}
+    return {"model_args": args, "device": dev, "apply_chat_template": chat["template"] == "auto"}
+
+
 def run(checkpoint: str | Path, task: str, data_file: str | Path, out_json: str | Path, k: int = 8,
         max_gen_toks: int = 48, batch_size: int = 64, limit: int | None = None, seed: int = 0,
-        threads: int = 1, label: str = "", until: tuple[str, ...] = ("\n",)) -> dict:
+        threads: int = 1, label: str = "", until: tuple[str, ...] = ("\n",), chat: dict | None = None,
+        dtype: str = "float32", device: str = "cpu") -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(threads)
     if not (Path(checkpoint) / "config.json").exists():
@@ -59,8 +76,8 @@ def run(checkpoint: str | Path, task: str, data_file: str | Path, out_json: str 
     names = render_tasks(task, data_file, k, max_gen_toks, task_dir, until)
     t0 = time.perf_counter()
     res = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={Path(checkpoint).resolve()},dtype=float32", tasks=names,
-        device="cpu", batch_size=batch_size, limit=limit, log_samples=True,
+        model="hf", **lm_arguments(checkpoint, chat, dtype, device), tasks=names,
+        batch_size=batch_size, limit=limit, log_samples=True,
         task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
     wall = time.perf_counter() - t0
@@ -70,12 +87,15 @@ def run(checkpoint: str | Path, task: str, data_file: str | Path, out_json: str 
     pass_k, _ = _metric(sampled, "pass_at_k")
     samples = [{"doc_id": s["doc_id"], "id": s["doc"]["id"], "prompt": s["doc"]["prompt"],
                 "answer": s["doc"]["answer"], "greedy": g["filtered_resps"][0], "greedy_correct": g["acc"],
-                "samples": s["filtered_resps"][0], "avg_at_k": s["avg_at_k"]}
+                "samples": s["filtered_resps"][0], "avg_at_k": s["avg_at_k"],
+                **({"context": g["arguments"][0][0]} if chat and chat.get("template") == "auto" else {})}
                for g, s in zip(res["samples"][names[0]], res["samples"][names[1]])]
     out = {"label": label, "task": task, "checkpoint": str(checkpoint), "k": k,
            "greedy_acc": acc, "greedy_acc_stderr": acc_se, "avg_at_k": avg, "avg_at_k_stderr": avg_se,
            "pass_at_k": pass_k, "n_samples": len(samples), "wall_s": wall, "lm_eval_tasks": names,
            "lm_eval_version": res.get("lm_eval_version"), "samples": samples,
-           **provenance({"checkpoint": str(checkpoint), "task": task, "k": k, "limit": limit}, seed)}
+           **provenance({"checkpoint": str(checkpoint), "task": task, "k": k, "limit": limit}
+                         | ({"chat": chat, "dtype": dtype, "device": device} if chat or (dtype, device) != ("float32", "cpu") else {}),
+                         seed)}
     atomic_write_json(out_json, out)
     return out

@@ -30,13 +30,14 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
            greedy: bool = False, generator: torch.Generator | None = None) -> Rollout:
     """Sample (or greedily decode) continuations of left-padded prompts until EOS or the budget."""
-    ids, attn = left_pad(prompt_ids, pad_id)
+    dev = next(model.parameters()).device  # the model's device (a no-op move on the CPU)
+    ids, attn = (t.to(dev) for t in left_pad(prompt_ids, pad_id))
     B = ids.shape[0]
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
     past, logits, next_pos = out.cache, out.logits[:, -1], pos[:, -1] + 1
     tokens, logps = [], []
-    done = torch.zeros(B, dtype=torch.bool)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
     for _ in range(max_new_tokens):
         logp = torch.log_softmax(logits.float(), dim=-1)  # [B, V]
         if greedy:
@@ -50,7 +51,7 @@ def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int,
         done = done | (tok == eos_id)
         if done.all():
             break
-        attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype)], dim=1)
+        attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=dev)], dim=1)
         out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
                     cache=past, use_cache=True)
         past, logits, next_pos = out.cache, out.logits[:, -1], next_pos + 1
@@ -69,12 +70,16 @@ def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
 
 
 def greedy_accuracy(model, tokenizer, examples: list[dict], score, max_new_tokens: int,
-                    batch_size: int = 128) -> tuple[float, list[str]]:
-    """Greedy-decoding accuracy of `model` on `examples` with the task's `score` function."""
+                    batch_size: int = 128, encode=None) -> tuple[float, list[str]]:
+    """Greedy-decoding accuracy of `model` on `examples` with the task's `score` function.
+
+    encode: texts -> token ids (opdpipe.backends.chat.encode_prompts with a chat template); by default
+    each prompt is tokenized as it is."""
     outputs = []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
-        prompts = [tokenizer(e["prompt"])["input_ids"] for e in chunk]
+        prompts = encode([e["prompt"] for e in chunk]) if encode else \
+            [tokenizer(e["prompt"])["input_ids"] for e in chunk]
         r = sample(model, prompts, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, greedy=True)
         outputs.extend(decode_responses(tokenizer, r))
     correct = [score(o, e["answer"]) for o, e in zip(outputs, examples)]

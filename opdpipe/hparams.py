@@ -31,4 +31,7 @@ DEFAULTS = {
     "checkpoint_every": 20,      # resumable checkpoint every K steps (0 = only the final one)
     "threads": 1,                # torch threads (per rank)
     "world_size": 1,             # data-parallel ranks (torchrun); each samples prompts_per_step / world_size
+    "logprob_chunk": 0,          # >0: log-probs `chunk` response positions at a time (no [B, T, V] tensor)
+    "micro_batch_size": 0,       # >0: gradient accumulation over micro-batches of this many rollouts
+    "rollout_batch_size": 0,     # >0: sample this many rollouts at a time (pretrained models)
 }

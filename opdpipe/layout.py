@@ -6,6 +6,7 @@ lives, so the layout has one owner. Arguments may be real values or Snakemake wi
 
     results/<study>/
       data/<task>/{train,validation,test}.jsonl, manifest.json
+      hub/{teacher,student}/, hub/manifest.json     (a study with a mini_pair block)
       tokenizer/tokenizer.json
       <task>/{teacher,sft_init}/{checkpoint/, manifest.json, eval.json}
       <task>/<variant>/seed<k>/{final/, metrics.jsonl, summary.json, eval.json, work/}
@@ -59,6 +60,10 @@ class Layout:
 
     def data_file(self, task, split) -> str:
         return self.path("data", task, f"{split}.jsonl")
+
+    def hub_dir(self, role) -> str:
+        """A model built here in hub-snapshot layout (the mini pair's teacher / student)."""
+        return self.path("hub", role)
 
     def tokenizer_file(self) -> str:
         return self.path("tokenizer", "tokenizer.json")

@@ -49,12 +49,3 @@ def save_checkpoint(model, tokenizer, path: str | Path) -> None:
     with atomic_dir(path) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-
-
-def resolve_pretrained(spec: dict) -> str:
-    """A Hugging Face model id + pinned revision -> a local snapshot folder (paper-scale configs)."""
-    from huggingface_hub import snapshot_download
-
-    if not spec.get("revision"):
-        raise ValueError(f"model {spec['hf_id']!r}: a pinned 'revision' (commit hash) is required for reproducibility")
-    return snapshot_download(spec["hf_id"], revision=spec["revision"])

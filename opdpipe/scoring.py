@@ -11,17 +11,25 @@ from __future__ import annotations
 
 import torch
 
+from opdpipe.backends.logprobs import response_logprobs_chunked
 from opdpipe.generation import left_pad
+
+
+def _layout(context_ids, response, response_mask, pad_id):
+    """Input ids, attention mask and position ids [B, P+T] of [left-padded context | response] rows."""
+    ctx, ctx_mask = left_pad(context_ids, pad_id)
+    ctx, ctx_mask = ctx.to(response.device), ctx_mask.to(response.device)
+    ids = torch.cat([ctx, torch.where(response_mask.bool(), response, torch.full_like(response, pad_id))], dim=1)
+    attn = torch.cat([ctx_mask, torch.ones_like(response_mask, dtype=ctx_mask.dtype)], dim=1)
+    pos = (attn.cumsum(-1) - 1).clamp_min(0)
+    return ids, attn, pos
 
 
 def response_logits(model, context_ids: list[list[int]], response: torch.Tensor, response_mask: torch.Tensor,
                     pad_id: int) -> torch.Tensor:
     """Logits [B, T, V] that predict each response token given its context and earlier tokens."""
-    ctx, ctx_mask = left_pad(context_ids, pad_id)
+    ids, attn, pos = _layout(context_ids, response, response_mask, pad_id)
     T = response.shape[1]
-    ids = torch.cat([ctx, torch.where(response_mask.bool(), response, torch.full_like(response, pad_id))], dim=1)
-    attn = torch.cat([ctx_mask, torch.ones_like(response_mask, dtype=ctx_mask.dtype)], dim=1)
-    pos = (attn.cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1)
     return out.logits[:, :T].float()  # position P-1+t predicts response token t
 
@@ -32,13 +40,19 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def sequence_logprobs(model, context_ids, response, response_mask, pad_id) -> torch.Tensor:
-    """Sampled-token log-probs [B, T] (zero at masked positions); gradients flow if enabled."""
-    lp = token_logprobs(response_logits(model, context_ids, response, response_mask, pad_id), response)
+def sequence_logprobs(model, context_ids, response, response_mask, pad_id, chunk: int = 0) -> torch.Tensor:
+    """Sampled-token log-probs [B, T] (zero at masked positions); gradients flow if enabled.
+
+    chunk = 0: one [B, T, V] float32 logits tensor (the embedded default's path); chunk > 0: the
+    output head and log-softmax run `chunk` response positions at a time (opdpipe.backends.logprobs)."""
+    if chunk:
+        lp = response_logprobs_chunked(model, *_layout(context_ids, response, response_mask, pad_id), response, chunk)
+    else:
+        lp = token_logprobs(response_logits(model, context_ids, response, response_mask, pad_id), response)
     return lp * response_mask
 
 
 @torch.no_grad()
-def teacher_logprobs(teacher, context_ids, response, response_mask, pad_id) -> torch.Tensor:
+def teacher_logprobs(teacher, context_ids, response, response_mask, pad_id, chunk: int = 0) -> torch.Tensor:
     """One batched no-grad forward pass of the frozen teacher: [B, T] sampled-token log-probs."""
-    return sequence_logprobs(teacher, context_ids, response, response_mask, pad_id)
+    return sequence_logprobs(teacher, context_ids, response, response_mask, pad_id, chunk)

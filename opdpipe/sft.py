@@ -60,7 +60,7 @@ def train_sft(model, tokenizer, pairs: list[tuple[str, str | Segments]], steps: 
     t0, tokens, losses = time.perf_counter(), 0, []
     for step in range(steps):
         idx = torch.randint(len(data), (batch_size,), generator=gen).tolist()
-        ids, attn, labels = collate([data[i] for i in idx], tokenizer.pad_token_id)
+        ids, attn, labels = (t.to(model.device) for t in collate([data[i] for i in idx], tokenizer.pad_token_id))
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # position t predicts token t+1
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                                  labels[:, 1:].reshape(-1), ignore_index=-100,

@@ -16,7 +16,9 @@ import torch
 
 from opdpipe.data import load_split
 from opdpipe.generation import greedy_accuracy
-from opdpipe.models import build_model, load_model, num_params, resolve_pretrained, save_checkpoint
+from opdpipe.backends.chat import encode_prompts
+from opdpipe.backends.loading import is_pretrained, load_teacher, resolve_source
+from opdpipe.models import build_model, num_params, save_checkpoint
 from opdpipe.provenance import atomic_write_json, atomic_write_text, config_hash, provenance, read_json
 from opdpipe.sft import train_sft
 from opdpipe.tasks import get_task
@@ -53,22 +55,24 @@ def run(task: str, cfg: dict, data_dir: str | Path, tokenizer_dir: str | Path, o
         return read_json(out_dir / "manifest.json")
     T, tok, splits = get_task(task), load_tokenizer(tokenizer_dir), load_splits(data_dir)
     score = scorer_for(task, splits["train"] + splits["validation"])  # the records' grader, else the task's
-    check_encodable(tok, [e["prompt"] + e["target"] for s in splits.values() for e in s], f"task {task}")
     tcfg, t0 = cfg["teacher"], time.perf_counter()
-    if "hf_id" in tcfg:
-        model, train_stats = load_model(resolve_pretrained(tcfg)), {}
+    encode = None  # the embedded world tokenizes prompts as they are
+    if is_pretrained(tcfg):  # a checkpoint: its own (byte-level) tokenizer, dtype, device, chat template
+        model, train_stats = load_teacher(resolve_source(tcfg, "teacher"), tcfg), {}
+        encode = lambda texts: encode_prompts(tok, texts, cfg.get("chat"))  # noqa: E731
     else:
+        check_encodable(tok, [e["prompt"] + e["target"] for s in splits.values() for e in s], f"task {task}")
         model = build_model(tcfg["model"], tok, seed)
         tr = tcfg["train"]
         pairs = training_pairs(T, splits["train"], tr.get("error_frac", 0.0), seed)
         train_stats = train_sft(model, tok, pairs, tr["steps"], tr["batch_size"], tr["lr"], seed, log=log)
     t_train = time.perf_counter() - t0
     save_checkpoint(model, tok, out_dir / "checkpoint")
-    val_acc, _ = greedy_accuracy(model, tok, splits["validation"], score, cfg["max_new_tokens"])
+    val_acc, _ = greedy_accuracy(model, tok, splits["validation"], score, cfg["max_new_tokens"], encode=encode)
     log(f"teacher {task}: validation greedy accuracy {val_acc:.3f}")
     t1 = time.perf_counter()
     prompts = splits["train"][:cfg["num_completions"]]
-    acc, outs = greedy_accuracy(model, tok, prompts, score, cfg["max_new_tokens"])
+    acc, outs = greedy_accuracy(model, tok, prompts, score, cfg["max_new_tokens"], encode=encode)
     atomic_write_text(out_dir / "completions.jsonl", "".join(
         json.dumps({"id": e["id"], "prompt": e["prompt"], "completion": o, "correct": score(o, e["answer"])},
                    sort_keys=True) + "\n" for e, o in zip(prompts, outs)))

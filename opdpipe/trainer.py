@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from opdpipe import bias_meter, checkpoints, distributed
 from opdpipe.advantages import compute_advantages, get_design
+from opdpipe.backends import accumulate, runtime
 from opdpipe.data import load_split
 from opdpipe.divergences import check_clip, clip_log_u, get_divergence
 from opdpipe.generation import decode_responses, greedy_accuracy, sample
@@ -54,6 +55,7 @@ class RunSpec:
     data_dir: str         # holds train.jsonl and validation.jsonl
     out_dir: str
     hparams: dict = field(default_factory=dict)
+    backend: dict = field(default_factory=dict)  # pretrained models (opdpipe.backends.runtime); {} = embedded
 
     def cfg(self) -> dict:
         unknown = set(self.hparams) - set(DEFAULTS)
@@ -82,6 +84,12 @@ def validate(spec: RunSpec) -> dict:
     if cfg["num_substeps"] < 1 or batch % cfg["num_substeps"]:
         raise ValueError(f"opd.num_substeps = {cfg['num_substeps']!r} must divide the batch of {batch} rollouts")
     check_world(cfg["world_size"], cfg, "this run")
+    if spec.backend and cfg["world_size"] > 1:
+        raise ValueError(f"opd.world_size = {cfg['world_size']}: data-parallel training is wired for the embedded "
+                         "models only; a pretrained run uses one device (allowed: 1)")
+    for key in ("logprob_chunk", "micro_batch_size", "rollout_batch_size"):
+        if not isinstance(cfg[key], int) or cfg[key] < 0:
+            raise ValueError(f"opd.{key} = {cfg[key]!r}; allowed: 0 (off) or a positive integer")
     for key in ("student", "teacher"):
         if not (Path(getattr(spec, key)) / "config.json").exists():
             raise FileNotFoundError(f"{key} checkpoint {getattr(spec, key)!r} not found (no config.json)")
@@ -105,10 +113,15 @@ def train_step(state: "RunState", cfg: dict) -> dict:
     tok, P, G = state.tok, cfg["prompts_per_step"] // state.dist.world_size, cfg["group_size"]  # this rank's share
     idx = torch.randint(len(state.train), (P,), generator=state.gen).tolist()
     prompts = [state.train[i] for i in idx]
-    s_ctx = _contexts(tok, prompts, "prompt", G)
+    s_ctx = _contexts(state, prompts, "prompt", G)
     try:
-        roll = sample(state.student, s_ctx, cfg["max_new_tokens"], tok.eos_token_id, tok.pad_token_id,
-                      generator=state.gen)
+        if state.runtime is None:
+            roll = sample(state.student, s_ctx, cfg["max_new_tokens"], tok.eos_token_id, tok.pad_token_id,
+                          generator=state.gen)
+        else:
+            with state.runtime.autocast():
+                roll = state.runtime.engine.sample(state.student, s_ctx, cfg["max_new_tokens"], tok.eos_token_id,
+                                                   tok.pad_token_id, state.rollout_gen)
     except RuntimeError as err:  # torch.multinomial refuses a NaN / inf distribution
         if "probability tensor" not in str(err):
             raise
@@ -123,13 +136,19 @@ def learn(state: "RunState", cfg: dict, prompts: list[dict], roll, rollout_s: fl
     tok, G = state.tok, cfg["group_size"]
     batch = [e for e in prompts for _ in range(G)]
     s_ctx = roll.prompt_ids
-    t_ctx = _contexts(tok, prompts, "teacher_prompt", G) if any("teacher_prompt" in e for e in prompts) \
+    t_ctx = _contexts(state, prompts, "teacher_prompt", G) if any("teacher_prompt" in e for e in prompts) \
         else s_ctx  # privileged-context hook: the teacher may see more than the student
     resp, mask = roll.response, roll.mask
-    lq = teacher_logprobs(state.teacher, t_ctx, resp, mask, tok.pad_token_id)  # [B, T]
+    lq = teacher_logprobs(state.teacher, t_ctx, resp, mask, tok.pad_token_id) if state.runtime is None else \
+        accumulate.teacher_in_micro_batches(state, cfg, t_ctx, resp, mask)  # [B, T]
     t2 = time.perf_counter()
     minibatches = torch.arange(len(batch)).chunk(cfg["num_substeps"])
     state.student.train()
+    if state.runtime is not None:  # autocast, chunked log-probs, micro-batches (opdpipe.backends.accumulate)
+        checks = (lambda what, v: _require_finite(state.step + 1, what, v),
+                  lambda model: _require_finite_weights(state.step + 1, model))
+        return _finish_step(state, cfg, *accumulate.backend_update(state, cfg, s_ctx, resp, mask, lq, minibatches,
+                                                                   checks), batch, roll, s_ctx, t_ctx, (rollout_s, t1, t2))
     # one minibatch: its gradient pass at theta_old also gives lp_old (same numbers, one pass fewer)
     learner = state.learner or state.student  # DDP over the student when there are several ranks
     lp_whole = sequence_logprobs(learner, s_ctx, resp, mask, tok.pad_token_id) if len(minibatches) == 1 else None
@@ -161,8 +180,18 @@ def learn(state: "RunState", cfg: dict, prompts: list[dict], roll, rollout_s: fl
         state.opt.step()
         _require_finite_weights(step, state.student)
         losses.append(loss.item())
+    return _finish_step(state, cfg, losses, grad_norms, log_u, clip_frac, adv_stats, loss_stats, batch, roll,
+                        s_ctx, t_ctx, (rollout_s, t1, t2))
+
+
+def _finish_step(state, cfg, losses, grad_norms, log_u, clip_frac, adv_stats, loss_stats, batch, roll, s_ctx,
+                 t_ctx, times) -> dict:
+    rollout_s, t1, t2 = times
+    tok, resp, mask = state.tok, roll.response, roll.mask
     state.sched.step()
     state.student.eval()
+    if state.runtime is not None:
+        state.runtime.engine.sync(state.student)
     t3 = time.perf_counter()
     n_tok = int(mask.sum())
     texts = decode_responses(tok, roll)
@@ -201,9 +230,11 @@ def _require_finite_weights(step: int, model: torch.nn.Module) -> None:
                                  "Lower opd.lr or opd.log_u_clip.")
 
 
-def _contexts(tok, prompts: list[dict], key: str, group_size: int) -> list[list[int]]:
-    """Token ids of each prompt's `key` field (falling back to "prompt"), repeated group_size times."""
-    ids = tok([e.get(key, e["prompt"]) for e in prompts])["input_ids"]
+def _contexts(state, prompts: list[dict], key: str, group_size: int) -> list[list[int]]:
+    """Token ids of each prompt's `key` field (falling back to "prompt"), repeated group_size times;
+    rendered by the one prompt function (opdpipe.backends.chat) when the models are pretrained."""
+    texts = [e.get(key, e["prompt"]) for e in prompts]
+    ids = state.tok(texts)["input_ids"] if state.runtime is None else state.runtime.encode(state.tok, texts)
     return [x for x in ids for _ in range(group_size)]
 
 
@@ -225,18 +256,27 @@ class RunState:
     last_batch: tuple | None = None
     dist: distributed.Context = field(default_factory=distributed.Context)
     learner: torch.nn.Module | None = None  # what gradient passes go through (DDP with several ranks)
+    runtime: object = None          # opdpipe.backends.runtime.Runtime for pretrained models; None = embedded
+    rollout_gen: torch.Generator | None = None  # on the student's device (the CPU: `gen` itself)
 
 
 def build_state(spec: RunSpec, cfg: dict, found, log, ctx: distributed.Context = distributed.Context()) -> RunState:
     """The run's state: fresh from the SFT-init student, or `found` = checkpoints.load_latest(...)."""
-    tok = load_tokenizer(spec.student)
-    student = found[0] if found else load_model(spec.student)
-    teacher = load_model(spec.teacher)
+    rt = None
+    if spec.backend:  # pretrained models: dtype, device, adapter, chat template (opdpipe.backends)
+        torch.manual_seed(spec.seed)  # a fresh LoRA adapter's initialisation draws from the global generator
+        student, teacher, tok, rt = runtime.load_pair(spec.student, spec.teacher, spec.backend,
+                                                      found[0] if found else None, cfg["rollout_batch_size"])
+    else:
+        tok = load_tokenizer(spec.student)
+        student = found[0] if found else load_model(spec.student)
+        teacher = load_model(spec.teacher)
     check_compatible(tok, load_tokenizer(spec.teacher), student, teacher)
     for p in teacher.parameters():
         p.requires_grad_(False)
     torch.manual_seed(spec.seed)
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg["lr"],
+                            weight_decay=cfg["weight_decay"])
     total = cfg["steps"]
     sched_fn = lr_lambda(cfg["warmup_steps"], total) if cfg["lr_schedule"] == "cosine" else \
         (lambda s: min(1.0, (s + 1) / cfg["warmup_steps"]) if cfg["warmup_steps"] else 1.0)
@@ -246,7 +286,9 @@ def build_state(spec: RunSpec, cfg: dict, found, log, ctx: distributed.Context =
     val = load_split(spec.data_dir, "validation", log)[:cfg["eval_size"]]
     state = RunState(student, teacher, tok, opt, sched, gen, train, val, scorer_for(spec.task, train + val),
                      get_divergence(spec.divergence), get_design(spec.design), dist=ctx,
-                     learner=distributed.wrap(student, ctx))
+                     learner=distributed.wrap(student, ctx), runtime=rt)
+    state.rollout_gen = gen if rt is None or rt.device.type == "cpu" else \
+        torch.Generator(device=rt.device).manual_seed(spec.seed)
     if found:
         _, ts, ckpt = found
         if ts.get("world_size", 1) != ctx.world_size:
@@ -255,23 +297,26 @@ def build_state(spec: RunSpec, cfg: dict, found, log, ctx: distributed.Context =
         rng = ts["ranks"][ctx.rank] if ctx.active else ts
         opt.load_state_dict(ts["optimizer"]), sched.load_state_dict(ts["scheduler"])
         gen.set_state(rng["generator"]), torch.set_rng_state(rng["torch_rng"]), random.setstate(rng["python_rng"])
+        if "rollout_generator" in ts:
+            state.rollout_gen.set_state(ts["rollout_generator"])
         state.step = ts["step"]
         log(f"resuming from {ckpt} (step {state.step})")
     return state
 
 
-def _resume_point(out: Path, metrics_path: Path, log, ctx: distributed.Context = distributed.Context()):
+def _resume_point(out: Path, metrics_path: Path, log, ctx: distributed.Context = distributed.Context(),
+                  load=load_model):
     """The newest readable checkpoint whose streamed metrics are intact, else None (a fresh start).
     Rank 0 alone repairs work/ (sets damaged files aside); the other ranks then read what it kept."""
     found = None
     if ctx.is_main:
-        found = checkpoints.load_latest(out, log)
+        found = checkpoints.load_latest(out, log, load)
         if found and not checkpoints.restore_metrics(metrics_path, found[1]["step"], log):
             checkpoints.discard_all(out, log)
             found = None
     distributed.barrier(ctx)
     if not ctx.is_main:
-        found = checkpoints.load_latest(out, log)
+        found = checkpoints.load_latest(out, log, load)
     steps = distributed.gather(found[1]["step"] if found else 0, ctx)
     if len(set(steps)) > 1:
         raise RuntimeError(f"ranks would resume from different steps {steps}; delete {out / WORK} to start over")
@@ -283,8 +328,10 @@ def _save_checkpoint(state: RunState, out: Path) -> None:
     rngs = distributed.gather({"generator": state.gen.get_state(), "torch_rng": torch.get_rng_state(),
                                "python_rng": random.getstate()}, state.dist)
     if state.dist.is_main:
-        extra = {"world_size": state.dist.world_size, "ranks": rngs} if state.dist.active else None
-        checkpoints.save(out, state.student, state.opt, state.sched, state.gen, state.step, extra)
+        extra = {"world_size": state.dist.world_size, "ranks": rngs} if state.dist.active else {}
+        if state.rollout_gen is not None and state.rollout_gen is not state.gen:  # a CUDA rollout generator
+            extra["rollout_generator"] = state.rollout_gen.get_state()
+        checkpoints.save(out, state.student, state.opt, state.sched, state.gen, state.step, extra or None)
 
 
 # ---------------------------------------------------------------- the run
@@ -301,7 +348,9 @@ def run(spec: RunSpec, callbacks: tuple[Callable[[int, dict], None], ...] = (), 
     (out / WORK).mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     metrics_path = out / WORK / "metrics.jsonl"
-    state = build_state(spec, cfg, _resume_point(out, metrics_path, log, ctx), log, ctx)
+    load = load_model if not spec.backend else \
+        (lambda ckpt: runtime.load_resumed_student(spec.student, ckpt, spec.backend))  # LoRA: adapter only
+    state = build_state(spec, cfg, _resume_point(out, metrics_path, log, ctx, load), log, ctx)
     vocab = state.student.config.vocab_size
     if state.step == 0 and ctx.is_main:  # only rank 0 writes metrics, checkpoints, final/ and the summary
         metrics_path.unlink(missing_ok=True)
@@ -324,7 +373,10 @@ def run(spec: RunSpec, callbacks: tuple[Callable[[int, dict], None], ...] = (), 
     bar.close()
     if not ctx.is_main:
         return {}
-    save_checkpoint(state.student, state.tok, out / "final")
+    if state.runtime is None:
+        save_checkpoint(state.student, state.tok, out / "final")
+    else:
+        runtime.save_final(state.student, state.tok, out / "final")  # a LoRA adapter merged in
     rows = checkpoints.read_stream(metrics_path, log)
     atomic_write_text(out / "metrics.jsonl", metrics_path.read_text())
     summary = {"task": spec.task, "divergence": spec.divergence, "design": spec.design, "seed": spec.seed,
@@ -347,7 +399,8 @@ def _record(state: RunState, spec: RunSpec, cfg: dict, vocab: int, metrics: dict
 
 
 def _validate(state: RunState, cfg: dict) -> float:
-    acc, _ = greedy_accuracy(state.student, state.tok, state.val, state.score, cfg["max_new_tokens"])
+    encode = None if state.runtime is None else (lambda texts: state.runtime.encode(state.tok, texts))
+    acc, _ = greedy_accuracy(state.student, state.tok, state.val, state.score, cfg["max_new_tokens"], encode=encode)
     return acc
 
 

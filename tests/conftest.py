@@ -30,3 +30,24 @@ def tiny_world(tmp_path_factory):
     save_checkpoint(build_model(TINY, tok, seed=1), tok, root / "teacher")
     save_checkpoint(build_model(TINY, tok, seed=2), tok, root / "student")
     return root
+
+MINI_MODEL = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+              "intermediate_size": 128, "max_position_embeddings": 256}
+MINI_SPEC = {"vocab_size": 400, "chat_kwargs": {"enable_thinking": False},
+             "teacher": {"model": MINI_MODEL, "steps": 5, "batch_size": 8, "lr": 1e-3},
+             "student": {"model": MINI_MODEL, "steps": 5, "batch_size": 8, "lr": 1e-3}}
+MINI_CHAT = {"template": "auto", "kwargs": {"enable_thinking": False}}
+
+
+@pytest.fixture(scope="session")
+def mini_world(tiny_world, tmp_path_factory):
+    """A hub-format Qwen3 teacher / student pair with a BPE tokenizer and a chat template (seconds)."""
+    import torch
+
+    from opdpipe.backends import minipair
+    from opdpipe.data import read_jsonl
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("mini")
+    minipair.build(read_jsonl(tiny_world / "data" / "train.jsonl"), MINI_SPEC, root, seed=0, log=lambda *a: None)
+    return root

@@ -53,8 +53,11 @@ def test_default_study_is_the_papers_grid(default):
     (lambda c: c.update(seeds=[]), r"at seeds: \[\] should be non-empty"),
     (lambda c: c["tasks"]["math"].update(teacher_train={"stpes": 5}),
      r"at tasks.math.teacher_train: Additional properties are not allowed \('stpes'"),
-    (lambda c: c.update(teacher={"hf_id": "Qwen/Qwen3-8B", "revision": "abc"}) or
+    (lambda c: c.update(teacher={"hf_id": "Qwen/Qwen3-8B", "revision": "0" * 40}) or c["student"].pop("model") and
+     c["student"].update(hf_id="Qwen/Qwen3-8B-Base", revision="1" * 40) or
      c["tasks"]["math"].update(teacher_train={"steps": 5}), r"at tasks.math.teacher_train: the teacher is not trained"),
+    (lambda c: c.update(teacher={"hf_id": "Qwen/Qwen3-8B", "revision": "main"}),
+     r"at teacher.revision: 'main' does not match"),
 ])
 def test_bad_configs_name_the_key_the_value_and_the_choices(default, edit, match):
     edit(default)

@@ -66,8 +66,9 @@ def variant_of(w):
 def teacher_params(w):
     """What the teacher stage depends on: its own block, the budget, and how many completions the
     SFT-init student will need (not the rest of the student block)."""
-    return {"teacher": teacher_config(config, w.task), "max_new_tokens": max_new_tokens(w),
-            "num_completions": config["student"]["sft"]["num_examples"]}
+    p = {"teacher": teacher_config(config, w.task), "max_new_tokens": max_new_tokens(w),
+         "num_completions": config["student"]["sft"]["num_examples"]}
+    return {**p, "chat": config["chat"]} if PRETRAINED else p  # pretrained: prompts through the chat template
 
 
 def tracking_store_outputs():
@@ -154,3 +155,40 @@ def benchmark_rows():
 
 def all_benchmark_evals():
     return [r["eval"] for r in benchmark_rows()]
+
+
+# ---------------------------------------------------------------- pretrained models (opdpipe.backends)
+from opdpipe.backends.study import backend_block, is_pretrained_study
+
+PRETRAINED = is_pretrained_study(config)
+BACKEND = backend_block(config)  # {} for the embedded world
+
+
+def mini_pair_outputs(w):
+    """The mini pair's folders when this study builds it first, else nothing."""
+    return [L.hub_dir("teacher"), L.hub_dir("student")] if "mini_pair" in config else []
+
+
+def mini_pair_spec(w):
+    return config.get("mini_pair", {})
+
+
+def student_params(w):
+    """The student block; a pretrained one carries the chat rendering its SFT prompts go through."""
+    return {**config["student"], "chat": config["chat"]} if PRETRAINED else config["student"]
+
+
+def eval_params(w):
+    """The eval block; a pretrained study adds the chat rendering, dtype and device of lm-eval."""
+    if not PRETRAINED:
+        return config["eval"]
+    s = config["student"]
+    return {**config["eval"], "chat": config["chat"], "dtype": s.get("dtype", "float32"),
+            "device": s.get("device", "cpu")}
+
+
+def tokenizer_params(w):
+    """Where the study's tokenizer comes from: the character tokenizer, or the checkpoints'."""
+    if not PRETRAINED:
+        return {"kind": "char"}
+    return {"kind": "checkpoint", "teacher": config["teacher"], "student": config["student"]}

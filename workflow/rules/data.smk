@@ -38,8 +38,12 @@ rule prepare_benchmark:
 
 
 rule tokenizer:
+    input:
+        mini_pair_outputs,
     output:
         L.tokenizer_file(),
+    params:
+        source=tokenizer_params,
     resources:
         **stage_resources("data"),
     conda:

@@ -10,7 +10,7 @@ rule evaluate_variant:
     output:
         [L.eval_file("{task}", "{variant}", s) for s in SEEDS],
     params:
-        eval=config["eval"],
+        eval=eval_params,
         max_gen_toks=max_new_tokens,
         seeds=SEEDS,
         labels=variant_labels,
@@ -34,7 +34,7 @@ rule evaluate_reference:
     output:
         L.eval_file("{task}", "{ref}"),
     params:
-        eval=config["eval"],
+        eval=eval_params,
         max_gen_toks=max_new_tokens,
         seeds=[config["seed"]],
         labels=reference_label,

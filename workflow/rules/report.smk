@@ -40,6 +40,8 @@ rule track_report:
         uri=TRACKING_URI,
         study=STUDY,
         results=study_root_of_store,
+    resources:
+        **stage_resources("track"),
     conda:
         "../envs/opdpipe.yaml"
     log:

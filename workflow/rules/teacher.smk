@@ -35,7 +35,7 @@ rule sft_init:
         checkpoint=directory(L.checkpoint("{task}", "sft_init")),
         manifest=L.path("{task}", "sft_init", "manifest.json"),
     params:
-        student=config["student"],
+        student=student_params,
         seed=config["seed"],
     threads: config["threads"]
     priority: 2

@@ -19,6 +19,7 @@ rule train:
         study=STUDY,
         results=study_root_of_store,
         tracking_uri=TRACKING_URI,
+        backend=BACKEND,
     threads: train_threads
     priority: 1
     resources:

@@ -10,7 +10,7 @@ world = p.hparams.get("world_size", 1)  # > 1: data-parallel ranks through torch
 spec = trainer.RunSpec(task=w.task, divergence=p.variant["divergence"], design=p.variant["design"], seed=int(w.seed),
                        student=snakemake.input.student, teacher=snakemake.input.teacher,
                        data_dir=str(Path(snakemake.input.data).parent), out_dir=p.run_dir,
-                       hparams={**p.hparams, "threads": max(1, snakemake.threads // world)})
+                       hparams={**p.hparams, "threads": max(1, snakemake.threads // world)}, backend=p.backend)
 uri = p.tracking_uri or default_tracking_uri(Layout(p.results))
 run = {"uri": uri, "study": p.study, "task": w.task, "variant": w.variant, "seed": int(w.seed)}
 if world > 1:

@@ -14,7 +14,7 @@ import yaml
 
 from opdpipe import custom_divergences, resources
 from opdpipe.advantages import ADVANTAGES
-from opdpipe.backends.study import check_study
+from opdpipe.backends.study import check_study, is_pretrained_study
 from opdpipe.data import check_spec
 from opdpipe.divergences import DIVERGENCES, check_clip, get_divergence
 from opdpipe.hparams import DEFAULTS
@@ -138,7 +138,11 @@ def _check_hparams(cfg: dict, task: str, vid: str, div, where: str) -> None:
         raise ValueError(f"opd.num_substeps = {hp['num_substeps']} ({where}): must divide the batch of "
                          f"prompts_per_step x group_size = {batch} rollouts")
     check_clip(div, hp["log_u_clip"], where=f" ({where})")
-    resources.check_world(resources.world_size(cfg, hp), hp, where)  # data-parallel runs
+    world = resources.world_size(cfg, hp)
+    resources.check_world(world, hp, where)  # data-parallel runs
+    if world > 1 and is_pretrained_study(cfg):
+        raise ValueError(f"opd.world_size / resources.train.gpus = {world} ({where}): data-parallel training is "
+                         "wired for the embedded models only; a pretrained run uses one device (allowed: 1)")
     for role, n_pos in _positions(cfg).items():
         if hp["max_new_tokens"] >= n_pos:
             raise ValueError(f"max_new_tokens = {hp['max_new_tokens']} ({where}): the {role} model has only "

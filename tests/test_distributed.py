@@ -27,7 +27,7 @@ def _global_batch(world, out, hp):
     state = build_state(spec, validate(spec), None, log=lambda m: None)
     idx = torch.randint(len(state.train), (HP["prompts_per_step"],), generator=state.gen).tolist()
     prompts = [state.train[i] for i in idx]
-    s_ctx = _contexts(state.tok, prompts, "prompt", HP["group_size"])
+    s_ctx = _contexts(state, prompts, "prompt", HP["group_size"])
     roll = sample(state.student, s_ctx, HP["max_new_tokens"], state.tok.eos_token_id, state.tok.pad_token_id,
                   generator=state.gen)
     return prompts, roll
@@ -119,7 +119,20 @@ def test_gpus_give_the_train_rule_one_rank_per_gpu():
     from opdpipe.config import load
     from test_packaging import ROOT
 
-    cfg = load(ROOT / "configs" / "paper.yaml")
+    import yaml
+
+    from opdpipe.config import ConfigError, validate
+
+    paper = load(ROOT / "configs" / "paper.yaml")  # one 80 GB GPU per pretrained run (README: Sizing)
+    assert resources.world_size(paper, {}) == 1
+    assert resources.snakemake_resources(paper, "train") == {"gpu": 1, "mem_mb": 128000, "runtime": 1440}
+    assert resources.snakemake_resources(paper, "data")["gpu"] == 0
+    raw = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    raw["resources"] = {"train": {"gpus": 8, "mem_mb": 512000, "runtime": 1440}}
+    cfg = validate(raw)
     assert resources.world_size(cfg, {}) == 8
     assert resources.snakemake_resources(cfg, "train") == {"gpu": 8, "mem_mb": 512000, "runtime": 1440}
-    assert resources.snakemake_resources(cfg, "data")["gpu"] == 0
+    raw = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    raw["resources"]["train"]["gpus"] = 8
+    with pytest.raises(ConfigError, match=r"resources.train.gpus = 8 .*wired for the embedded models only"):
+        validate(raw)

@@ -189,7 +189,6 @@ def fault_probes(base: Path, cfg: dict):
         assert smk(work).returncode == 0
         db = work / LAY.mlflow_db()
         db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
-        (work / LAY.tracking_file("runs.json")).unlink()
 
     def deleted_store(work):
         assert smk(work).returncode == 0

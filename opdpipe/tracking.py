@@ -72,15 +72,23 @@ def ensure_store(uri: str, study: str, artifact_dir: str | Path, log=print) -> d
     path = sqlite_path(uri)
     if path is not None and not path.exists():
         _forget_engines(uri)  # deleted: a cached engine would write into the unlinked file
-    if path is not None and path.exists() and not store_is_sound(path):
-        n = 0
-        while path.with_name(f"{path.name}.corrupt.{n}").exists():
-            n += 1
-        path.rename(path.with_name(f"{path.name}.corrupt.{n}"))
+    if path is not None and set_aside_damaged(path, log):
         _forget_engines(uri)
-        log(f"warning: MLflow store {path} is damaged; moved to {path.name}.corrupt.{n}, rebuilding it from the "
-            "study's files")
     return init_store(uri, study, artifact_dir)
+
+
+def set_aside_damaged(path: str | Path, log=print) -> Path | None:
+    """Move a damaged sqlite store to <name>.corrupt.<n> (returned); None when it is sound or absent."""
+    path = Path(path)
+    if not path.exists() or store_is_sound(path):
+        return None
+    n = 0
+    while path.with_name(f"{path.name}.corrupt.{n}").exists():
+        n += 1
+    aside = path.with_name(f"{path.name}.corrupt.{n}")
+    path.rename(aside)
+    log(f"warning: MLflow store {path} is damaged; moved to {aside.name}, rebuilding it from the study's files")
+    return aside
 
 
 def _forget_engines(uri: str) -> None:

@@ -131,6 +131,17 @@ def test_outputs_deleted_by_a_killed_forced_rerun_are_made_again(smoke, tmp_path
     assert counts.get("train") == 1 and counts.get("report") == 1, (r.stdout + r.stderr)[-2000:]
 
 
+def test_a_damaged_store_is_set_aside_and_rebuilt_without_retraining(smoke, tmp_path):
+    work = tmp_path / "damaged"
+    shutil.copytree(smoke, work, symlinks=True)
+    db = work / "results" / "smoke" / "mlflow.db"
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])  # a write cut short
+    r = _smk(work, "-n", "--cores", "2", "--quiet", "rules")
+    counts = _rule_counts(r.stdout + r.stderr)
+    assert "mlflow.db is damaged; moved to mlflow.db.corrupt.0" in r.stderr, r.stderr[-2000:]
+    assert counts.get("tracking_store") == 1 and counts.get("track") == 1 and "train" not in counts, counts
+
+
 def test_a_moved_study_reruns_nothing(smoke, tmp_path):
     moved = tmp_path / "elsewhere"
     shutil.copytree(smoke, moved, symlinks=True)  # copy2: modification times kept, as `cp -a` or `mv`

@@ -4,6 +4,7 @@ import os
 import sys
 
 from opdpipe import resources as cluster
+from opdpipe import tracking
 from opdpipe.config import opd_hparams, teacher_config, variants
 from opdpipe.layout import FIGURES, REFERENCES, Layout
 from opdpipe.provenance import config_hash
@@ -20,6 +21,10 @@ VARIANT_TABLE = {vid: {"divergence": v["divergence"], "design": v["design"]} for
 # the tracking URI given in the config, or None: the sqlite store inside the study folder, resolved
 # when the job runs (an absolute path here would re-run every job of a moved results folder)
 TRACKING_URI = config["tracking"]["uri"]
+# A damaged sqlite store (a write cut short) is set aside before the DAG is built: tracking_store then
+# makes a new one and track rebuilds every run from the study's files, with no manual step.
+if workflow.is_main_process and not TRACKING_URI:
+    tracking.set_aside_damaged(L.mlflow_db(), log=lambda m: print(m, file=sys.stderr))
 BENCHES = {t: sorted(config["tasks"][t].get("benchmarks", {})) for t in TASKS}  # math test sets per task
 
 

@@ -244,7 +244,7 @@ def build_state(spec: RunSpec, cfg: dict, found, log) -> RunState:
     rt = None
     if spec.backend:  # pretrained models: dtype, device, adapter, chat template (opdpipe.backends)
         student, teacher, tok, rt = runtime.load_pair(spec.student, spec.teacher, spec.backend,
-                                                      found[0] if found else None, cfg["rollout_batch_size"])
+                                                      found[0] if found else None, cfg["rollout_batch_size"], spec.seed)
     else:
         tok = load_tokenizer(spec.student)
         student = found[0] if found else load_model(spec.student)

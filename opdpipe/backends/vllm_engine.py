@@ -15,6 +15,7 @@ of the raw model distribution. vllm is imported only when an engine starts.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -55,7 +56,7 @@ class VLLMEngine:
     """A vLLM engine over the student's checkpoint folder, started on the first `sample` call."""
 
     def __init__(self, batch_size: int = 0, model_dir: str | Path | None = None, dtype: torch.dtype = torch.float32,
-                 seed: int = 0, gpu_memory_utilization: float = 0.3, cpu_kv_cache_gb: float = 1.0,
+                 seed: int = 0, gpu_memory_utilization: float = 0.3, cpu_kv_cache_gb: int = 1,
                  threads: int = 1):
         if model_dir is None:
             raise ValueError("rollout.backend = 'vllm' needs the student's checkpoint folder to start its engine")
@@ -67,7 +68,7 @@ class VLLMEngine:
     # ------------------------------------------------------------ engine life
     def start(self) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weights sync as tensors
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cpu_kv_cache_gb))
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(self.cpu_kv_cache_gb)))  # whole GiB
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # share the job's cores, bind none
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         try:
@@ -75,7 +76,7 @@ class VLLMEngine:
         except ImportError as err:
             from opdpipe.backends.vllm_env import INSTALL_HINT
 
-            raise ImportError(f"rollout.backend = 'vllm': vllm cannot be imported in {os.sys.executable} "
+            raise ImportError(f"rollout.backend = 'vllm': vllm cannot be imported in {sys.executable} "
                               f"({err}); {INSTALL_HINT}") from None
         threads = torch.get_num_threads()
         self.llm = LLM(model=self.model_dir, tokenizer=self.model_dir, dtype=DTYPES[self.dtype], seed=self.seed,

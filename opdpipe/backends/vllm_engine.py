@@ -53,15 +53,15 @@ def policy_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 class VLLMEngine:
-    """A vLLM engine over the student's checkpoint folder, started on the first `sample` call."""
+    """A vLLM engine over the student's checkpoint folder, started on the first `sample` call.
+    `batch_size` (the hf sampler's) is not used: vLLM schedules its own batches."""
 
     def __init__(self, batch_size: int = 0, model_dir: str | Path | None = None, dtype: torch.dtype = torch.float32,
-                 seed: int = 0, gpu_memory_utilization: float = 0.3, cpu_kv_cache_gb: int = 1,
-                 threads: int = 1):
+                 seed: int = 0, gpu_memory_utilization: float = 0.3, cpu_kv_cache_gb: int = 1):
         if model_dir is None:
             raise ValueError("rollout.backend = 'vllm' needs the student's checkpoint folder to start its engine")
         self.model_dir, self.dtype, self.seed = str(model_dir), dtype, seed
-        self.gpu_memory_utilization, self.cpu_kv_cache_gb, self.threads = gpu_memory_utilization, cpu_kv_cache_gb, threads
+        self.gpu_memory_utilization, self.cpu_kv_cache_gb = gpu_memory_utilization, cpu_kv_cache_gb
         self.llm = None
         self.synced = False
 
@@ -78,11 +78,14 @@ class VLLMEngine:
 
             raise ImportError(f"rollout.backend = 'vllm': vllm cannot be imported in {sys.executable} "
                               f"({err}); {INSTALL_HINT}") from None
-        threads = torch.get_num_threads()
+        set_threads, threads = torch.set_num_threads, torch.get_num_threads()
         self.llm = LLM(model=self.model_dir, tokenizer=self.model_dir, dtype=DTYPES[self.dtype], seed=self.seed,
                        distributed_executor_backend="uni", enforce_eager=True, generation_config="vllm",
                        logprobs_mode="raw_logprobs", gpu_memory_utilization=self.gpu_memory_utilization)
-        torch.set_num_threads(threads)  # the engine may set its own; the job keeps its `threads:`
+        # vLLM's CPU worker replaces torch.set_num_threads with a no-op (it binds threads; here nobind):
+        # the job keeps its `threads:`, and its own calls work again
+        torch.set_num_threads = set_threads
+        torch.set_num_threads(threads)
 
     def close(self) -> None:
         self.llm = None

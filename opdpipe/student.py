@@ -34,6 +34,7 @@ def run(task: str, cfg: dict, completions: str | Path, tokenizer_dir: str | Path
         model = load_student(resolve_source(cfg, "student"), cfg if lora_sft else
                              {k: v for k, v in cfg.items() if k != "adapter"})
         if lora_sft:
+            torch.manual_seed(seed)  # the adapter's initialisation
             model = lora.attach_lora(model, lora.check_adapter(cfg["adapter"]))
         rows = [{**r, "prompt": render_prompt(tok, r["prompt"], cfg.get("chat"))} for r in rows]
     else:

@@ -243,6 +243,7 @@ def build_state(spec: RunSpec, cfg: dict, found, log) -> RunState:
     """The run's state: fresh from the SFT-init student, or `found` = checkpoints.load_latest(...)."""
     rt = None
     if spec.backend:  # pretrained models: dtype, device, adapter, chat template (opdpipe.backends)
+        torch.manual_seed(spec.seed)  # a fresh LoRA adapter's initialisation draws from the global generator
         student, teacher, tok, rt = runtime.load_pair(spec.student, spec.teacher, spec.backend,
                                                       found[0] if found else None, cfg["rollout_batch_size"], spec.seed)
     else:

@@ -1,5 +1,7 @@
 """OPD on a pretrained hub-format pair: LoRA, chunked log-probs, micro-batches, resume, and one
 chat rendering shared by the rollouts, the teacher's scoring and lm-eval."""
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -105,7 +107,11 @@ def test_rollouts_teacher_scoring_and_lm_eval_see_the_same_prompt_ids(mini_world
     rows = read_jsonl(tiny_world / "data" / "train.jsonl")[:2]
     for split in ("train", "validation"):  # the teacher sees the privileged hook with the same text
         (data / f"{split}.jsonl").write_text("".join(
-            __import__("json").dumps({**e, "teacher_prompt": e["prompt"]}) + "\n" for e in rows))
+            json.dumps({**e, "teacher_prompt": e["prompt"]}) + "\n" for e in rows))
+    from opdpipe.provenance import sha256_file
+
+    (data / "manifest.json").write_text(json.dumps({"task": "math", "seed": 0, "spec": {"source": "test"}, "splits": {
+        s: {"count": 2, "sha256": sha256_file(data / f"{s}.jsonl")} for s in ("train", "validation")}}))
     spec = _spec(mini_world, tiny_world, tmp_path / "run", steps=1, prompts_per_step=1, group_size=1)
     spec.data_dir = str(data)
     state_ids = {}
@@ -129,8 +135,6 @@ def test_rollouts_teacher_scoring_and_lm_eval_see_the_same_prompt_ids(mini_world
 
 
 def test_sft_init_through_the_lora_adapter_is_merged(mini_world, tiny_world, tmp_path):
-    import json
-
     from opdpipe import student
 
     rows = read_jsonl(tiny_world / "data" / "train.jsonl")[:8]
@@ -142,3 +146,12 @@ def test_sft_init_through_the_lora_adapter_is_merged(mini_world, tiny_world, tmp
     final, base = _weights(tmp_path / "out" / "checkpoint"), _weights(mini_world / "student")
     changed = {n for n in final if not torch.equal(final[n], base[n])}
     assert changed and all(n.endswith(("q_proj.weight", "v_proj.weight")) for n in changed), changed
+
+
+def test_a_lora_run_does_not_depend_on_the_global_random_state(mini_world, tiny_world, tmp_path):
+    trainer.run(_spec(mini_world, tiny_world, tmp_path / "a", steps=1), progress=False)
+    torch.manual_seed(12345)  # whatever ran before in the process
+    torch.rand(7)
+    trainer.run(_spec(mini_world, tiny_world, tmp_path / "b", steps=1), progress=False)
+    a, b = _weights(tmp_path / "a" / "final"), _weights(tmp_path / "b" / "final")
+    assert all(torch.equal(a[n], b[n]) for n in a)

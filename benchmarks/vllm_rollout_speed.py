@@ -62,7 +62,8 @@ def main() -> None:
     P, G, n_new = opd["prompts_per_step"], opd["group_size"], task["max_new_tokens"]
     folder = Path(args.student) if args.student else untrained_student(Path(tempfile.mkdtemp()) / "student", study)
     tok = load_checkpoint_tokenizer(folder)
-    model = lora.attach_lora(load_student(folder, {"dtype": "float32"}), lora.check_adapter(study["student"]["adapter"]))
+    spec = lora.check_adapter(study["student"]["adapter"])
+    model = lora.attach_lora(load_student(folder, {"dtype": "float32"}), spec)
     with torch.no_grad():
         gen = torch.Generator().manual_seed(0)
         for n, p in model.named_parameters():

@@ -53,7 +53,8 @@ def run_in(python: str, spec, job: dict, log) -> None:
     path = Path(spec.out_dir) / WORK / "job.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {**job, "spec": asdict(spec)})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    paths = [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}  # this working tree, installed there or not
     log(f"rollout.backend = vllm: the job runs in {python}")
     sys.stdout.flush()
     r = subprocess.run([python, "-m", "opdpipe.train_job", str(path)], env=env, stdout=sys.stdout,

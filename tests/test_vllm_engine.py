@@ -76,7 +76,8 @@ def test_merged_lora_weights_are_the_merged_model(setup):
 def _perturbed_lora(student):
     from opdpipe.backends import lora
 
-    spec = lora.check_adapter({"type": "lora", "rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]})
+    spec = lora.check_adapter({"type": "lora", "rank": 4, "alpha": 8,
+                               "target_modules": ["q_proj", "v_proj", "down_proj"]})
     model = lora.attach_lora(copy.deepcopy(student), spec)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():

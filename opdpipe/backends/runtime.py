@@ -39,7 +39,8 @@ class Runtime:
 def build_runtime(backend: dict, rollout_batch_size: int = 0, student_dir: str | Path | None = None,
                   seed: int = 0) -> Runtime:
     s = backend.get("student", {})
-    device, dtype = resolve_device(s.get("device", "cpu"), "student"), resolve_dtype(s.get("dtype", "float32"), "student")
+    device = resolve_device(s.get("device", "cpu"), "student")
+    dtype = resolve_dtype(s.get("dtype", "float32"), "student")
     return Runtime(device, dtype, check_chat(backend.get("chat")),
                    _engine(backend.get("rollout") or {}, rollout_batch_size, student_dir, dtype, seed),
                    lora.check_adapter(s.get("adapter")))

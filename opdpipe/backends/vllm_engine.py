@@ -15,9 +15,11 @@ of the raw model distribution. vllm is imported only when an engine starts.
 from __future__ import annotations
 
 import os
+import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from opdpipe.generation import Rollout
@@ -79,6 +81,7 @@ class VLLMEngine:
             raise ImportError(f"rollout.backend = 'vllm': vllm cannot be imported in {sys.executable} "
                               f"({err}); {INSTALL_HINT}") from None
         set_threads, threads = torch.set_num_threads, torch.get_num_threads()
+        rng = (torch.get_rng_state(), random.getstate(), np.random.get_state())  # LLM(seed=) seeds them all
         self.llm = LLM(model=self.model_dir, tokenizer=self.model_dir, dtype=DTYPES[self.dtype], seed=self.seed,
                        distributed_executor_backend="uni", enforce_eager=True, generation_config="vllm",
                        logprobs_mode="raw_logprobs", gpu_memory_utilization=self.gpu_memory_utilization)
@@ -86,6 +89,7 @@ class VLLMEngine:
         # the job keeps its `threads:`, and its own calls work again
         torch.set_num_threads = set_threads
         torch.set_num_threads(threads)
+        torch.set_rng_state(rng[0]), random.setstate(rng[1]), np.random.set_state(rng[2])  # the trainer's, as they were
 
     def close(self) -> None:
         self.llm = None

@@ -11,7 +11,8 @@ spec = trainer.RunSpec(task=w.task, divergence=p.variant["divergence"], design=p
                        student=snakemake.input.student, teacher=snakemake.input.teacher,
                        data_dir=str(Path(snakemake.input.data).parent), out_dir=p.run_dir,
                        hparams={**p.hparams, "threads": snakemake.threads}, backend=p.backend)
-job = {"variant": w.variant, "study": p.study, "tracking_uri": p.tracking_uri or default_tracking_uri(Layout(p.results))}
+job = {"variant": w.variant, "study": p.study,
+       "tracking_uri": p.tracking_uri or default_tracking_uri(Layout(p.results))}
 if train_job.needs_other_python(spec):  # rollout.backend vllm: the extra lives in its own environment
     from opdpipe.backends.vllm_env import require
 

@@ -109,7 +109,7 @@ class VLLMEngine:
             self.sync(model)
         from vllm import SamplingParams
 
-        seeds = torch.randint(2**31 - 1, (len(prompt_ids),), generator=generator).tolist()
+        seeds = torch.randint(2**31 - 1, (len(prompt_ids),), generator=generator, device=generator.device).tolist()
         params = [SamplingParams(n=1, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, max_tokens=max_new_tokens,
                                  logprobs=0, seed=s, ignore_eos=True, stop_token_ids=[eos_id], detokenize=False)
                   for s in seeds]

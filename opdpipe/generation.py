@@ -35,7 +35,8 @@ def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int,
     B = ids.shape[0]
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
-    past, logits, next_pos = out.cache, out.logits[:, -1], pos[:, -1] + 1
+    cache_key = "cache" if hasattr(out, "cache") else "past_key_values"  # transformers 5.24 | < 5.20 (vLLM extra)
+    past, logits, next_pos = getattr(out, cache_key), out.logits[:, -1], pos[:, -1] + 1
     tokens, logps = [], []
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     for _ in range(max_new_tokens):
@@ -53,8 +54,8 @@ def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int,
             break
         attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=dev)], dim=1)
         out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
-                    cache=past, use_cache=True)
-        past, logits, next_pos = out.cache, out.logits[:, -1], next_pos + 1
+                    use_cache=True, **{cache_key: past})
+        past, logits, next_pos = getattr(out, cache_key), out.logits[:, -1], next_pos + 1
     response = torch.stack(tokens, dim=1)
     # a token is part of the response if no EOS came strictly before it
     eos_before = torch.cumsum((response == eos_id).long(), dim=1) - (response == eos_id).long()

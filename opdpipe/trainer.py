@@ -266,7 +266,7 @@ def build_state(spec: RunSpec, cfg: dict, found, log, ctx: distributed.Context =
     if spec.backend:  # pretrained models: dtype, device, adapter, chat template (opdpipe.backends)
         torch.manual_seed(spec.seed)  # a fresh LoRA adapter's initialisation draws from the global generator
         student, teacher, tok, rt = runtime.load_pair(spec.student, spec.teacher, spec.backend,
-                                                      found[0] if found else None, cfg["rollout_batch_size"])
+                                                      found[0] if found else None, cfg["rollout_batch_size"], spec.seed)
     else:
         tok = load_tokenizer(spec.student)
         student = found[0] if found else load_model(spec.student)

@@ -9,6 +9,8 @@ never goes through this package's optional paths; each module owns one concern:
     vocab.py      the tokenizer of a checkpoint; teacher / student vocabulary agreement
     chat.py       the one function that renders a prompt (chat template or plain text)
     lora.py       LoRA adapters via peft: attach, check target modules, merge for save_pretrained
-    rollout.py    the rollout-sampling interface the trainer calls (a vLLM engine can replace it)
+    rollout.py    the rollout-sampling interface the trainer calls: rollout.backend hf | vllm
+    vllm_engine.py  the vLLM engine (optional extra, imported when it starts), merged-LoRA weight sync
+    vllm_env.py   where the extra's interpreter is (its own environment, .venv-vllm), without importing it
     minipair.py   a small hub-format Qwen3 teacher / student pair with a BPE tokenizer, built locally
 """

@@ -1,4 +1,4 @@
-"""Rollout sampling behind a small interface, so that another engine (e.g. vLLM) can replace it.
+"""Rollout sampling behind a small interface: `rollout.backend: hf | vllm`.
 
 An engine samples `G` continuations per prompt from the current student at temperature 1 with
 no truncation and returns an `opdpipe.generation.Rollout`; `sync(model)` is called after every
@@ -40,12 +40,21 @@ class HFEngine:
         pass
 
 
+def _vllm_engine(batch_size: int = 0, **options) -> RolloutEngine:
+    """A vLLM engine (opdpipe.backends.vllm_engine; vllm itself is imported when it starts)."""
+    from opdpipe.backends.vllm_engine import VLLMEngine
+
+    return VLLMEngine(batch_size, **options)
+
+
 ENGINES: Registry = Registry("rollout engine")
-ENGINES.register("hf", HFEngine)
+ENGINES.register("hf", lambda batch_size=0, **options: HFEngine(batch_size))
+ENGINES.register("vllm", _vllm_engine)
 
 
-def get_engine(name: str = "hf", batch_size: int = 0) -> RolloutEngine:
-    return ENGINES.get(name)(batch_size)
+def get_engine(name: str = "hf", batch_size: int = 0, **options) -> RolloutEngine:
+    """options: what an engine holding its own weights needs to start (model_dir, dtype, seed, ...)."""
+    return ENGINES.get(name)(batch_size, **options)
 
 
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:

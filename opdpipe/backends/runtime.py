@@ -4,7 +4,7 @@
 
     {"teacher": {device, dtype, trust_remote_code},
      "student": {device, dtype, trust_remote_code, gradient_checkpointing, adapter},
-     "chat": {template, kwargs}, "rollout": "hf"}
+     "chat": {template, kwargs}, "rollout": {backend: hf | vllm, gpu_memory_utilization, cpu_kv_cache_gb}}
 """
 from __future__ import annotations
 
@@ -36,17 +36,29 @@ class Runtime:
         return encode_prompts(tok, texts, self.chat)
 
 
-def build_runtime(backend: dict, rollout_batch_size: int = 0) -> Runtime:
+def build_runtime(backend: dict, rollout_batch_size: int = 0, student_dir: str | Path | None = None,
+                  seed: int = 0) -> Runtime:
     s = backend.get("student", {})
-    return Runtime(resolve_device(s.get("device", "cpu"), "student"), resolve_dtype(s.get("dtype", "float32"),
-                   "student"), check_chat(backend.get("chat")),
-                   get_engine(backend.get("rollout", "hf"), rollout_batch_size), lora.check_adapter(s.get("adapter")))
+    device = resolve_device(s.get("device", "cpu"), "student")
+    dtype = resolve_dtype(s.get("dtype", "float32"), "student")
+    return Runtime(device, dtype, check_chat(backend.get("chat")),
+                   _engine(backend.get("rollout") or {}, rollout_batch_size, student_dir, dtype, seed),
+                   lora.check_adapter(s.get("adapter")))
+
+
+def _engine(block: dict, rollout_batch_size: int, student_dir, dtype: torch.dtype, seed: int):
+    """The rollout engine of `rollout.backend`; one holding its own weights starts from `student_dir`."""
+    name = block.get("backend", "hf")
+    if name == "hf":
+        return get_engine(name, rollout_batch_size)
+    options = {k: v for k, v in block.items() if k != "backend"}
+    return get_engine(name, rollout_batch_size, model_dir=student_dir, dtype=dtype, seed=seed, **options)
 
 
 def load_pair(student_dir: str | Path, teacher_dir: str | Path, backend: dict, student=None,
-              rollout_batch_size: int = 0):
+              rollout_batch_size: int = 0, seed: int = 0):
     """(student, teacher, tokenizer, runtime); `student`: one resumed by load_resumed_student, else fresh."""
-    rt = build_runtime(backend, rollout_batch_size)
+    rt = build_runtime(backend, rollout_batch_size, student_dir, seed)
     s_block = backend.get("student", {})
     tok = load_checkpoint_tokenizer(student_dir, s_block.get("trust_remote_code", False))
     t_tok = load_checkpoint_tokenizer(teacher_dir, backend.get("teacher", {}).get("trust_remote_code", False))

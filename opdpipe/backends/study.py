@@ -37,6 +37,9 @@ def check_study(cfg: dict) -> None:
     if cfg["student"]["sft"].get("adapter") and lora.check_adapter(cfg["student"].get("adapter")) is None:
         raise ValueError("student.sft.adapter = True: the student has no LoRA adapter (student.adapter) to train")
     if not is_pretrained_study(cfg):
+        if cfg.get("rollout", {}).get("backend", "hf") != "hf":
+            raise ValueError(f"rollout.backend = {cfg['rollout']['backend']!r}: applies to pretrained checkpoints only "
+                             "(path or hf_id); the embedded world samples with its own loop; allowed here: hf")
         for role in ("teacher", "student"):
             extra = sorted(k for k in BACKEND_KEYS if k in cfg[role])
             if extra:
@@ -46,6 +49,7 @@ def check_study(cfg: dict) -> None:
             raise ValueError("chat.template = 'auto': the character tokenizer has no chat template; use 'none'")
         return
     chat = check_chat(cfg.get("chat"))
+    check_rollout(cfg)
     if "mini_pair" in cfg:
         for role in ("teacher", "student"):
             want = mini_pair_dir(cfg["study"], role)
@@ -54,6 +58,20 @@ def check_study(cfg: dict) -> None:
                                  f"{want!r} (where the mini_pair stage writes it)")
     else:
         _check_local_pair(cfg, chat)
+
+
+def check_rollout(cfg: dict) -> None:
+    """A vLLM rollout backend: the extra is installed somewhere a train job can run, and no HF-only key is set."""
+    if cfg.get("rollout", {}).get("backend", "hf") != "vllm":
+        return
+    from opdpipe.backends import vllm_env
+
+    vllm_env.require("rollout.backend")
+    for where, block in [("opd", cfg.get("opd", {}))] + [(f"tasks.{t}.opd", s.get("opd", {}))
+                                                         for t, s in cfg["tasks"].items()]:
+        if block.get("rollout_batch_size"):
+            raise ValueError(f"{where}.rollout_batch_size = {block['rollout_batch_size']!r}: sets the hf sampler's "
+                             "batches; vLLM schedules its own; allowed with rollout.backend = 'vllm': 0")
 
 
 def _check_local_pair(cfg: dict, chat: dict) -> None:
@@ -87,4 +105,7 @@ def backend_block(cfg: dict) -> dict:
     if not is_pretrained_study(cfg):
         return {}
     pick = lambda role: {k: cfg[role][k] for k in BACKEND_KEYS if k in cfg[role]}  # noqa: E731
-    return {"teacher": pick("teacher"), "student": pick("student"), "chat": check_chat(cfg.get("chat"))}
+    block = {"teacher": pick("teacher"), "student": pick("student"), "chat": check_chat(cfg.get("chat"))}
+    if "rollout" in cfg:  # absent: hf, and the RunSpec stays as it was before there was a choice
+        block["rollout"] = cfg["rollout"]
+    return block

@@ -1,7 +1,8 @@
+from dataclasses import asdict
 from pathlib import Path
 
 from _log import redirect, say
-from opdpipe import distributed, tracking, trainer
+from opdpipe import distributed, train_job, trainer
 from opdpipe.layout import Layout, default_tracking_uri
 
 redirect(snakemake.log[0])
@@ -12,12 +13,13 @@ spec = trainer.RunSpec(task=w.task, divergence=p.variant["divergence"], design=p
                        data_dir=str(Path(snakemake.input.data).parent), out_dir=p.run_dir,
                        hparams={**p.hparams, "threads": max(1, snakemake.threads // world)}, backend=p.backend)
 uri = p.tracking_uri or default_tracking_uri(Layout(p.results))
-run = {"uri": uri, "study": p.study, "task": w.task, "variant": w.variant, "seed": int(w.seed)}
+job = {"variant": w.variant, "study": p.study, "tracking_uri": uri}
 if world > 1:
-    distributed.launch(spec, world, tracking=run, log=say)
+    distributed.launch(spec, world, tracking={"uri": uri, "study": p.study, "task": w.task, "variant": w.variant,
+                                              "seed": int(w.seed)}, log=say)
+elif train_job.needs_other_python(spec):  # rollout.backend vllm: the extra lives in its own environment
+    from opdpipe.backends.vllm_env import require
+
+    train_job.run_in(require(), spec, job, say)
 else:
-    live = tracking.LiveRun(**run, log=say)
-    try:
-        trainer.run(spec, callbacks=(live.log_step,), log=say, progress=False)
-    finally:
-        live.flush()
+    train_job.run_job({**job, "spec": asdict(spec)}, log=say)

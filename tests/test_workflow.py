@@ -142,6 +142,15 @@ def test_a_damaged_store_is_set_aside_and_rebuilt_without_retraining(smoke, tmp_
     assert counts.get("tracking_store") == 1 and counts.get("track") == 1 and "train" not in counts, counts
 
 
+def test_a_deleted_store_is_made_again_and_rebuilt_without_retraining(smoke, tmp_path):
+    work = tmp_path / "deleted"
+    shutil.copytree(smoke, work, symlinks=True)
+    (work / "results" / "smoke" / "mlflow.db").unlink()
+    r = _smk(work, "-n", "--cores", "2", "--quiet", "rules")
+    counts = _rule_counts(r.stdout + r.stderr)
+    assert counts.get("tracking_store") == 1 and counts.get("track") == 1 and "train" not in counts, counts
+
+
 def test_a_moved_study_reruns_nothing(smoke, tmp_path):
     moved = tmp_path / "elsewhere"
     shutil.copytree(smoke, moved, symlinks=True)  # copy2: modification times kept, as `cp -a` or `mv`

@@ -1,6 +1,7 @@
 """Throw at a study what users throw at it, and count what holds.
 
-    python benchmarks/fault_injection.py            # ~10 min on 2 cores; scratch folders under /tmp
+    python benchmarks/fault_injection.py [NAME]     # ~10 min on 2 cores; NAME: only the fault probes
+                                                    # whose name contains it; scratch folders under /tmp
 
 1. Input probes: malformed configs and config files. Each must be refused by validation with a
    ConfigError (naming key, value and what is allowed), never a traceback, never accepted.
@@ -155,7 +156,13 @@ def fingerprint(work: Path) -> dict:
 
 
 def run_names(work: Path) -> list[str]:
-    return [r["run_name"] for r in json.loads((work / LAY.tracking_file("runs.json")).read_text())["runs"]]
+    """The runs in the study's MLflow store itself (not the runs.json mirror of an earlier read)."""
+    from opdpipe import tracking
+
+    db = work / LAY.mlflow_db()
+    if not db.exists() or not tracking.store_is_sound(db):
+        return []
+    return sorted(r["run_name"] for r in tracking.read_back(f"sqlite:///{db}", "faults"))
 
 
 def fault_probes(base: Path, cfg: dict):
@@ -212,6 +219,7 @@ def fault_probes(base: Path, cfg: dict):
 
 
 def main() -> None:
+    only = sys.argv[1] if len(sys.argv) > 1 else ""  # e.g. "mlflow": only the probes whose name has it
     base = Path(tempfile.mkdtemp(prefix="opdpipe-faults-"))
     print(f"scratch folder: {base}\n1. input probes")
     clean, n_inputs, bad = run_input_probes(base)
@@ -225,6 +233,8 @@ def main() -> None:
     print(f"\n2. fault probes (reference: {want})")
     survived, lost, results = 0, [], []
     for i, (name, damage) in enumerate(fault_probes(base, cfg)):
+        if only not in name:
+            continue
         work = fresh_study(base, f"fault{i}", cfg)
         damage(work)
         t0 = time.time()

@@ -35,6 +35,7 @@ rule all:
         L.report_file("report.html"),
         L.tracking_file("report_artifacts.json"),
         tracking_store_outputs(),  # a deleted (or set-aside damaged) store is made again and rebuilt
+        L.tracking_file("runs.json"),
         all_evals(),
         all_summaries(),
         all_metrics(),

@@ -23,8 +23,11 @@ VARIANT_TABLE = {vid: {"divergence": v["divergence"], "design": v["design"]} for
 TRACKING_URI = config["tracking"]["uri"]
 # A damaged sqlite store (a write cut short) is set aside before the DAG is built: tracking_store then
 # makes a new one and track rebuilds every run from the study's files, with no manual step.
+# A store that is gone takes its read-back mirror (runs.json) with it, so that track runs again.
 if workflow.is_main_process and not TRACKING_URI:
     tracking.set_aside_damaged(L.mlflow_db(), log=lambda m: print(m, file=sys.stderr))
+    if not os.path.exists(L.mlflow_db()) and os.path.exists(L.tracking_file("runs.json")):
+        os.remove(L.tracking_file("runs.json"))
 BENCHES = {t: sorted(config["tasks"][t].get("benchmarks", {})) for t in TASKS}  # math test sets per task
 
 

@@ -99,3 +99,22 @@ def run(checkpoint: str | Path, task: str, data_file: str | Path, out_json: str 
                          seed)}
     atomic_write_json(out_json, out)
     return out
+
+
+def run_best(best_dir: str | Path, summary_json: str | Path, final_json: str | Path, out_json: str | Path,
+             label: str = "", **kw) -> dict:
+    """lm-eval of a run's best-by-validation checkpoint (the choice is in its summary.json, made in
+    training from the validation split alone). When the best step is the last one, best/ holds the
+    final weights: final's evaluation (`final_json`) is reused rather than paid for twice, and says so.
+    `kw`: the arguments of `run` after `out_json`."""
+    chosen = json.loads(Path(summary_json).read_text())["best"]
+    if chosen["is_final"]:
+        out = {**json.loads(Path(final_json).read_text()), "label": f"{label} best", "checkpoint": str(best_dir),
+               "reused_from": str(final_json),
+               "note": f"the best step by validation ({chosen['step']}) is the final step: this is final/'s "
+                       "evaluation, reused (best/ holds the same weights)"}
+    else:
+        out = run(best_dir, out_json=out_json, label=f"{label} best", **kw)
+    out["best"] = chosen
+    atomic_write_json(out_json, out)
+    return out

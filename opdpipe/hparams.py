@@ -23,8 +23,9 @@ DEFAULTS = {
     "clip_ratio": None,          # PPO-style ratio clipping (paper: none)
     "normalize_advantages": False,  # z-score advantages per batch (paper: no)
     "max_new_tokens": 48,
-    "eval_every": 10,            # greedy validation accuracy every N steps (and at 0 and the end)
+    "eval_every": 10,            # validation (greedy and avg@val_k) every N steps (and at 0 and the end)
     "eval_size": 64,             # fixed validation subset
+    "val_k": 4,                  # samples per validation prompt for avg@k at T = 1: picks the best checkpoint
     "bias_every": 10,            # bias meter every M steps (0 = never)
     "bias_rollouts": 16,         # rollouts of the batch the bias meter uses
     "bias_max_vocab": 4096,      # skip the bias meter above this vocabulary size

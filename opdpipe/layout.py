@@ -9,7 +9,7 @@ lives, so the layout has one owner. Arguments may be real values or Snakemake wi
       hub/{teacher,student}/, hub/manifest.json     (a study with a mini_pair block)
       tokenizer/tokenizer.json
       <task>/{teacher,sft_init}/{checkpoint/, manifest.json, eval.json}
-      <task>/<variant>/seed<k>/{final/, metrics.jsonl, summary.json, eval.json, work/}
+      <task>/<variant>/seed<k>/{final/, best/, metrics.jsonl, summary.json, eval.json, eval_best.json, work/}
       data/<task>/bench/<bench>/{test.jsonl, manifest.json}       math benchmarks the task names
       <task>/<row>/bench/<bench>/eval.json, <task>/<variant>/seed<k>/bench/<bench>/eval.json
       mlflow.db, mlartifacts/, tracking/{store.json, runs.json}
@@ -28,7 +28,7 @@ REFERENCES = ("teacher", "sft_init")
 # "." or ".."), then letters, digits and _ . : + - only (no spaces, no slashes), at most 64 characters.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}$"
 STUDY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # also a shell word and an MLflow experiment name
-FIGURES = ("curves", "sampled", "grad_norm", "log_ratio", "length", "bias")
+FIGURES = ("curves", "greedy", "sampled", "grad_norm", "log_ratio", "length", "bias")
 
 
 def check_name(key: str, value, pattern: str = NAME_PATTERN) -> str:
@@ -86,6 +86,14 @@ class Layout:
         if seed is None:
             return self.path(task, variant, "eval.json")
         return self.run_file(task, variant, seed, "eval.json")
+
+    def best_dir(self, task, variant, seed) -> str:
+        """The checkpoint chosen by validation avg@k (opdpipe.validation); final/ is the last step's."""
+        return self.run_file(task, variant, seed, "best")
+
+    def eval_best_file(self, task, variant, seed) -> str:
+        """eval.json of a run's best-by-validation checkpoint (final's, reused, when best is the last step)."""
+        return self.run_file(task, variant, seed, "eval_best.json")
 
     # ------------------------------------------------------------ math benchmarks (AIME24, ...)
     def bench_data_file(self, task, bench, name="test.jsonl") -> str:

@@ -261,12 +261,23 @@ def study_entry(row: dict, world: dict, variant: dict | None, hparams: dict | No
         entry["artifacts"].append(row["manifest"])
         return entry
     summary = json.loads(Path(row["summary"]).read_text())
+    entry["summary_metrics"] = best_metrics(row, summary)
     entry["tags"] = {"task": task, "variant": vid, "seed": seed, "kind": "run", **variant,
                      "config_hash": summary["config_hash"], "code_version": summary["code_version"]}
     entry["params"] = {"opd": hparams, **variant, "world": world}
     entry["metrics_jsonl"] = row["metrics"]
-    entry["artifacts"] += [row["summary"], row["metrics"]]
+    entry["artifacts"] += [row["summary"], row["metrics"]] + ([row["eval_best"]] if row.get("eval_best") else [])
     return entry
+
+
+def best_metrics(row: dict, summary: dict) -> dict[str, float]:
+    """The best-by-validation checkpoint of a run: its step, validation avg@k and lm-eval test numbers
+    (`eval_best/...`, beside final's `eval/...`)."""
+    if not row.get("eval_best") or "best" not in summary:
+        return {}
+    ev = json.loads(Path(row["eval_best"]).read_text())
+    return {"best/step": float(summary["best"]["step"]), "best/val_avg_at_k": float(summary["best"]["value"]),
+            **{f"eval_best/{_safe(k)}": float(ev[k]) for k in ("avg_at_k", "avg_at_k_stderr", "greedy_acc")}}
 
 
 def mirror_study(uri: str, study: str, artifact_dir: str | Path, rows: list[dict], world: dict,
@@ -318,7 +329,7 @@ def add_review_fields(entries: list[dict]) -> list[dict]:
             e["tags"] = {"divergence": "none", "design": e["variant"], **e["tags"]}
         e["params"] = {"task": e["task"], "variant": e["variant"], **({"seed": e["seed"]} if run else {}), **e["params"]}
         if e.get("metrics_jsonl"):
-            e["summary_metrics"] = bias_summary(e["metrics_jsonl"])
+            e["summary_metrics"] = {**e.get("summary_metrics", {}), **bias_summary(e["metrics_jsonl"])}
     return entries
 
 
@@ -357,5 +368,7 @@ def read_back(uri: str, study: str) -> list[dict]:
                      "seed": r.data.tags.get("seed"), "config_hash": r.data.tags.get("config_hash"),
                      "collapsed": r.data.tags.get("collapsed"),
                      "avg_at_k": r.data.metrics.get("eval/avg_at_k"),
+                     "best_avg_at_k": r.data.metrics.get("eval_best/avg_at_k"),
+                     "best_step": r.data.metrics.get("best/step"),
                      "greedy_acc": r.data.metrics.get("eval/greedy_acc")})
     return rows

@@ -21,12 +21,12 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from opdpipe import bias_meter, checkpoints, distributed
+from opdpipe import bias_meter, checkpoints, distributed, validation
 from opdpipe.advantages import compute_advantages, get_design
 from opdpipe.backends import accumulate, runtime
 from opdpipe.data import load_split
 from opdpipe.divergences import check_clip, clip_log_u, get_divergence
-from opdpipe.generation import decode_responses, greedy_accuracy, sample
+from opdpipe.generation import decode_responses, sample
 from opdpipe.hparams import DEFAULTS  # the paper's recipe, one visible block
 from opdpipe.losses import AGGREGATIONS, policy_loss
 from opdpipe.models import load_model, save_checkpoint
@@ -311,7 +311,8 @@ def _resume_point(out: Path, metrics_path: Path, log, ctx: distributed.Context =
     found = None
     if ctx.is_main:
         found = checkpoints.load_latest(out, log, load)
-        if found and not checkpoints.restore_metrics(metrics_path, found[1]["step"], log):
+        if found and not (checkpoints.restore_metrics(metrics_path, found[1]["step"], log) and
+                          validation.resumable(out / WORK / validation.BEST, metrics_path, found[1]["step"], log)):
             checkpoints.discard_all(out, log)
             found = None
     distributed.barrier(ctx)
@@ -352,10 +353,11 @@ def run(spec: RunSpec, callbacks: tuple[Callable[[int, dict], None], ...] = (), 
         (lambda ckpt: runtime.load_resumed_student(spec.student, ckpt, spec.backend))  # LoRA: adapter only
     state = build_state(spec, cfg, _resume_point(out, metrics_path, log, ctx, load), log, ctx)
     vocab = state.student.config.vocab_size
+    best = validation.restored(out / WORK / validation.BEST, metrics_path if state.step and ctx.is_main else None, log)
     if state.step == 0 and ctx.is_main:  # only rank 0 writes metrics, checkpoints, final/ and the summary
         metrics_path.unlink(missing_ok=True)
-        val_acc = _validate(state, cfg)
-        _emit(metrics_path, 0, {"val/greedy_acc": val_acc}, callbacks)
+        best.reset()
+        _emit(metrics_path, 0, validation.measure(state, cfg, spec.seed), callbacks)
     bar = tqdm(total=cfg["steps"], initial=state.step, disable=not (progress and ctx.is_main),
                desc=f"{spec.divergence}/{spec.design}")
     totals = {"time/rollout_s": 0.0, "time/teacher_s": 0.0, "time/update_s": 0.0}
@@ -365,23 +367,26 @@ def run(spec: RunSpec, callbacks: tuple[Callable[[int, dict], None], ...] = (), 
         for k in totals:
             totals[k] += metrics[k]
         if ctx.is_main:
-            _record(state, spec, cfg, vocab, metrics, metrics_path, callbacks)
+            _record(state, spec, cfg, vocab, metrics, metrics_path, callbacks, best)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", val=metrics.get("val/greedy_acc", ""))
         bar.update(1)
         if cfg["checkpoint_every"] and state.step % cfg["checkpoint_every"] == 0 and state.step < cfg["steps"]:
             _save_checkpoint(state, out)
+            best.prune(checkpoints.checkpoint_dirs(out))
     bar.close()
     if not ctx.is_main:
         return {}
-    if state.runtime is None:
-        save_checkpoint(state.student, state.tok, out / "final")
-    else:
-        runtime.save_final(state.student, state.tok, out / "final")  # a LoRA adapter merged in
+    save = (lambda m, d: save_checkpoint(m, state.tok, d)) if state.runtime is None else \
+        (lambda m, d: runtime.save_final(m, state.tok, d))  # a LoRA adapter merged in
+    save(state.student, out / "final")
+    chosen = validation.finish(best, out, state.step, load, save)  # <out>/best/
     rows = checkpoints.read_stream(metrics_path, log)
     atomic_write_text(out / "metrics.jsonl", metrics_path.read_text())
     summary = {"task": spec.task, "divergence": spec.divergence, "design": spec.design, "seed": spec.seed,
                "config": cfg, "spec": asdict(spec), "final": rows[-1], "steps": state.step,
                "val_greedy_acc": [(r["step"], r["val/greedy_acc"]) for r in rows if "val/greedy_acc" in r],
+               "val_avg_at_k": [(r["step"], r[validation.VAL_KEY]) for r in rows if validation.VAL_KEY in r],
+               "best": chosen,
                "wall_s": time.perf_counter() - t_start, "time_this_process": totals,
                **provenance({k: v for k, v in asdict(spec).items() if k != "out_dir"} | {"config": cfg}, spec.seed)}
     atomic_write_json(out / "summary.json", summary)
@@ -389,19 +394,14 @@ def run(spec: RunSpec, callbacks: tuple[Callable[[int, dict], None], ...] = (), 
     return summary
 
 
-def _record(state: RunState, spec: RunSpec, cfg: dict, vocab: int, metrics: dict, path: Path, callbacks) -> None:
-    """Rank 0, after each step: validation and bias meter when due, then the metrics line and callbacks."""
+def _record(state: RunState, spec: RunSpec, cfg: dict, vocab: int, metrics: dict, path: Path, callbacks, best) -> None:
+    """Rank 0, after each step: validation (and best/) and bias meter when due, then the metrics line and callbacks."""
     if state.step % cfg["eval_every"] == 0 or state.step == cfg["steps"]:
-        metrics["val/greedy_acc"] = _validate(state, cfg)
+        metrics.update(validation.measure(state, cfg, spec.seed))
+        best.consider(state.step, metrics[validation.VAL_KEY], state.student)
     if cfg["bias_every"] and state.step % cfg["bias_every"] == 0:
         metrics.update(_bias(state, spec, cfg, vocab))
     _emit(path, state.step, metrics, callbacks)
-
-
-def _validate(state: RunState, cfg: dict) -> float:
-    encode = None if state.runtime is None else (lambda texts: state.runtime.encode(state.tok, texts))
-    acc, _ = greedy_accuracy(state.student, state.tok, state.val, state.score, cfg["max_new_tokens"], encode=encode)
-    return acc
 
 
 def _bias(state: RunState, spec: RunSpec, cfg: dict, vocab: int) -> dict:

@@ -47,6 +47,7 @@ def test_default_study_is_the_papers_grid(default):
     (lambda c: c["opd"].update(lr=-1.0), r"at opd.lr: -1.0 is less than or equal to the minimum of 0"),
     (lambda c: c["opd"].update(temperature=0.7), r"at opd.temperature: 1.0 was expected"),
     (lambda c: c["opd"].update(top_k=50), r"at opd.top_k: 50 is not of type 'null'"),
+    (lambda c: c["opd"].update(val_k=0), r"at opd.val_k: 0 is less than the minimum of 1"),
     (lambda c: c["tasks"].update(chess=copy.deepcopy(c["tasks"]["math"])), r"at tasks.chess: unknown task"),
     (lambda c: c["tasks"]["tooluse"]["sizes"].update(train=10 ** 6), r"tasks.tooluse.sizes: .* guarantees only"),
     (lambda c: c["variants"].append({"divergence": "jsd", "design": "opd"}), r"used twice"),

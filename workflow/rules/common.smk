@@ -105,6 +105,14 @@ def variant_checkpoints(w):
     return [L.run_file(w.task, w.variant, s, "final") for s in SEEDS]
 
 
+def variant_bests(w):
+    return [L.best_dir(w.task, w.variant, s) for s in SEEDS]
+
+
+def variant_summaries(w):
+    return [L.run_file(w.task, w.variant, s, "summary.json") for s in SEEDS]
+
+
 def variant_labels(w):
     return [f"{w.variant}/seed{s}" for s in SEEDS]
 
@@ -118,14 +126,15 @@ def study_rows():
     """Every row of the study with the files that describe it: references first, then the runs."""
     rows = [{"task": t, "variant": r, "seed": None, "eval": L.eval_file(t, r),
              "manifest": L.path(t, r, "manifest.json")} for t in TASKS for r in REFERENCES]
-    rows += [{"task": t, "variant": v, "seed": s, "eval": L.eval_file(t, v, s),
+    rows += [{"task": t, "variant": v, "seed": s, "eval": L.eval_file(t, v, s), "eval_best": L.eval_best_file(t, v, s),
               "summary": L.run_file(t, v, s, "summary.json"), "metrics": L.run_file(t, v, s, "metrics.jsonl")}
              for t in TASKS for v in VARIANTS for s in SEEDS]
     return rows
 
 
 def all_evals():
-    return [r["eval"] for r in study_rows()]
+    """Every evaluation: final/ of each row, and best/ of each trained run."""
+    return [r[k] for r in study_rows() for k in ("eval", "eval_best") if k in r]
 
 
 def all_summaries():

@@ -1,14 +1,19 @@
 # Stage 4: lm-eval benchmarks of every trained student and of the teacher / SFT-init rows.
 # One job per (task, variant) evaluates all of its seeds in one process: lm-eval, torch and
-# transformers are imported once, not once per seed. Each seed keeps its own eval.json.
+# transformers are imported once, not once per seed. Each seed keeps its own eval.json (final/) and
+# eval_best.json (best/, chosen by validation avg@k in training; final's evaluation, reused, when
+# the best step is the last one).
 
 
 rule evaluate_variant:
     input:
         checkpoints=variant_checkpoints,
+        best=variant_bests,
+        summaries=variant_summaries,
         test=rules.prepare_data.output.test,
     output:
-        [L.eval_file("{task}", "{variant}", s) for s in SEEDS],
+        final=[L.eval_file("{task}", "{variant}", s) for s in SEEDS],
+        best=[L.eval_best_file("{task}", "{variant}", s) for s in SEEDS],
     params:
         eval=eval_params,
         max_gen_toks=max_new_tokens,

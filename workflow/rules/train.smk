@@ -10,6 +10,7 @@ rule train:
         store=ancient(rules.tracking_store.output[0]),
     output:
         final=directory(L.run_file("{task}", "{variant}", "{seed}", "final")),
+        best=directory(L.best_dir("{task}", "{variant}", "{seed}")),
         summary=L.run_file("{task}", "{variant}", "{seed}", "summary.json"),
         metrics=L.run_file("{task}", "{variant}", "{seed}", "metrics.jsonl"),
     params:

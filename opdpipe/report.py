@@ -44,19 +44,22 @@ def _fmt(m: float, h: float) -> str:
     return f"{100 * m:.1f}" + ("" if math.isnan(h) else f" ± {100 * h:.1f}")
 
 
-def collect(rows: list[dict], variants: dict[str, dict]) -> pd.DataFrame:
-    """One line per evaluated row of the study; `rows` name each row's files (the workflow's study_rows)."""
+def collect(rows: list[dict], variants: dict[str, dict], which: str = "eval") -> pd.DataFrame:
+    """One line per evaluated row of the study; `rows` name each row's files (the workflow's study_rows).
+    which: "eval" (final/) or "eval_best" (best/ by validation; teacher / SFT-init rows have one evaluation)."""
     out = []
     for r in rows:
-        ev = json.loads(Path(r["eval"]).read_text())
+        ev = json.loads(Path(r.get(which) or r["eval"]).read_text())
         kind = {"divergence": "—", "design": r["variant"]} if r["seed"] is None else variants[r["variant"]]
         out.append({"task": r["task"], "variant": r["variant"], "seed": r["seed"], **kind, "avg_at_k": ev["avg_at_k"],
-                    "avg_se": ev["avg_at_k_stderr"], "greedy": ev["greedy_acc"], "k": ev["k"]})
+                    "avg_se": ev["avg_at_k_stderr"], "greedy": ev["greedy_acc"], "k": ev["k"],
+                    "best_step": ev.get("best", {}).get("step")})
     return pd.DataFrame(out)
 
 
 def main_table(df: pd.DataFrame, tasks: list[str]) -> tuple[pd.DataFrame, dict]:
-    """Rows teacher, SFT-init, variants; per task avg@k mean ± 95% CI and greedy; collapse flags."""
+    """Rows teacher, SFT-init, variants; per task avg@k mean ± 95% CI and greedy (and the chosen steps per
+    seed, for best-by-validation checkpoints); collapse flags."""
     out, collapsed = [], {}
     order = ["teacher", "sft_init"] + [v for v in dict.fromkeys(df["variant"]) if v not in ("teacher", "sft_init")]
     for vid in order:
@@ -72,8 +75,10 @@ def main_table(df: pd.DataFrame, tasks: list[str]) -> tuple[pd.DataFrame, dict]:
             collapsed[(task, vid)] = flag
             row[f"{task} avg@k"] = _fmt(m, h) + (" (collapsed)" if flag else "")
             row[f"{task} greedy"] = f"{100 * sub['greedy'].mean():.1f}"
+            if sub["best_step"].notna().any():
+                row[f"{task} best step"] = ", ".join(str(int(x)) for x in sub["best_step"])
         out.append(row)
-    return pd.DataFrame(out), collapsed
+    return pd.DataFrame(out).fillna(""), collapsed
 
 
 def benchmark_table(bench_rows: list[dict]) -> pd.DataFrame:
@@ -151,7 +156,8 @@ def stage_times(benchmarks: Path) -> pd.DataFrame:
 
 
 FIGS = {  # name: (metric, y label, title, smoothing window in steps); names are layout.FIGURES
-    "curves": ("val/greedy_acc", "greedy accuracy (validation)", "training curves (OPD+ solid, OPD dashed)", 1),
+    "curves": ("val/avg_at_k", "avg@k at T = 1 (validation)", "validation avg@k (OPD+ solid, OPD dashed)", 1),
+    "greedy": ("val/greedy_acc", "greedy accuracy (validation)", "validation greedy accuracy", 1),
     "sampled": ("rollout/acc", "accuracy of the rollouts (T = 1)", "sampled accuracy, 10-step mean", 10),
     "grad_norm": ("grad_norm", "gradient norm", "gradient norm", 1),
     "log_ratio": ("log_u/mean", "mean log u", "mean log-ratio (-reverse KL estimate)", 1),
@@ -167,8 +173,9 @@ def run(settings: dict, rows: list[dict], runs_json: str | Path, benchmarks: str
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     tasks, seeds, variants = settings["tasks"], settings["seeds"], settings["variants"]
-    df = collect(rows, variants)
+    df = collect(rows, variants, "eval_best")  # the paper's way: each run's best checkpoint by validation avg@k
     table, collapsed = main_table(df, tasks)
+    final, final_collapsed = main_table(collect(rows, variants, "eval"), tasks)
     bench = benchmark_table(bench_rows or [])
     for name, (key, ylabel, title, smooth) in FIGS.items():
         figure_curves(rows, tasks, variants, key, ylabel, out / "figures" / f"{name}.png", title, smooth)
@@ -179,15 +186,21 @@ def run(settings: dict, rows: list[dict], runs_json: str | Path, benchmarks: str
     k = int(df["k"].iloc[0])
     meta = {**provenance(settings), "config_hash": cfg_hash}
     sections = [
-        (f"Main results (avg@{k} %, mean ± 95% CI over {len(seeds)} seed(s); greedy %)", table,
-         "Teacher and SFT-init rows: one evaluation, interval ±1.96 stderr. A variant whose mean avg@k falls "
-         "below the SFT-init row is flagged (collapsed). MLflow links open the UI of `make mlflow-ui` "
-         f"({mlflow_views.DEFAULT_UI}): a row's runs per seed, the task's OPD-vs-OPD+ curves and compare page."),
+        (f"Main results: best checkpoint by validation (avg@{k} %, mean ± 95% CI over {len(seeds)} seed(s); "
+         "greedy %)", table,
+         "Each run's checkpoint with the highest validation avg@k at temperature 1 over its validated steps >= 1 "
+         "(ties: the earlier step), chosen in training from the validation split alone, then scored on the test "
+         "split by lm-eval; 'best step' lists the chosen step of each seed. Teacher and SFT-init rows: one "
+         "evaluation, interval ±1.96 stderr. A variant whose mean avg@k falls below the SFT-init row is flagged "
+         f"(collapsed). MLflow links open the UI of `make mlflow-ui` ({mlflow_views.DEFAULT_UI}): a row's runs "
+         "per seed, the task's OPD-vs-OPD+ curves and compare page."),
+        (f"Final checkpoints (avg@{k} %, mean ± 95% CI over {len(seeds)} seed(s); greedy %)", final,
+         "The same runs at their last step (final/)."),
         *([("Math benchmarks (avg@k %, mean ± 95% CI over seeds; greedy %; graded by math-verify)", bench, "")]
           if len(bench) else []),
-        ("Training curves", ["curves", "sampled"],
-         "Validation greedy accuracy vs step, and the accuracy of the training rollouts sampled at "
-         "temperature 1 (the quantity avg@k measures), mean over seeds."),
+        ("Training curves", ["curves", "greedy", "sampled"],
+         "Validation avg@k at temperature 1 (the selection metric) and greedy accuracy vs step, and the accuracy "
+         "of the training rollouts sampled at temperature 1 (the quantity avg@k measures), mean over seeds."),
         ("Diagnostics", ["grad_norm", "log_ratio", "length", "bias"],
          "Bias meter: cosine between the design's expected sampled-token gradient and the exact gradient of "
          "sum_n D_f(q||p) at the visited prefixes (1 = unbiased)."),
@@ -198,7 +211,9 @@ def run(settings: dict, rows: list[dict], runs_json: str | Path, benchmarks: str
     md, html = _render(settings["study"], meta, sections, out)
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.html", html)
-    return {"table": table.to_dict(orient="records"), "collapsed": {f"{t}/{v}": c for (t, v), c in collapsed.items()}}
+    return {"table": table.to_dict(orient="records"), "final_table": final.to_dict(orient="records"),
+            "collapsed": {f"{t}/{v}": c for (t, v), c in collapsed.items()},
+            "final_collapsed": {f"{t}/{v}": c for (t, v), c in final_collapsed.items()}}
 
 
 def _html_links(html: str) -> str:

@@ -188,3 +188,16 @@ def test_best_at_the_last_step_is_the_final_checkpoint(tiny_world, tmp_path, mon
     assert s["best"]["step"] == 6 and s["best"]["is_final"]
     assert _same(tmp_path / "best", tmp_path / "final")
 
+
+
+def test_best_at_the_last_step_reuses_final_evaluation(tmp_path):
+    from opdpipe import evaluate
+
+    final = {"label": "v/seed0", "k": 2, "avg_at_k": 0.25, "greedy_acc": 0.5, "samples": [{"id": 1}]}
+    (tmp_path / "eval.json").write_text(json.dumps(final))
+    (tmp_path / "summary.json").write_text(json.dumps({"best": {"step": 6, "value": 0.5, "is_final": True}}))
+    out = evaluate.run_best(tmp_path / "best", tmp_path / "summary.json", tmp_path / "eval.json",
+                            tmp_path / "eval_best.json", label="v/seed0", task="math", data_file="unused")
+    assert json.loads((tmp_path / "eval_best.json").read_text()) == out
+    assert out["avg_at_k"] == 0.25 and out["samples"] == final["samples"] and out["best"]["step"] == 6
+    assert out["reused_from"] == str(tmp_path / "eval.json") and "final step" in out["note"]

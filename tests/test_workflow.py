@@ -42,14 +42,43 @@ def test_smoke_dag_produces_the_report(smoke):
         assert f"| {row} " in md, row
     assert "Runs read back from MLflow" in md and "Advantage formulas" in md
     html = (rep / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 6
+    from opdpipe.layout import FIGURES
+
+    assert html.count("data:image/png;base64,") == len(FIGURES) == 7
     runs = json.loads((rep.parent / "tracking" / "runs.json").read_text())
     for r in runs["runs"]:  # every row of the main table links to its MLflow run(s) and its task's comparison
         assert f"(http://127.0.0.1:5000/{runs['links']['run/' + r['run_name']]})" in md
         assert f"<a href='http://127.0.0.1:5000/{runs['links']['run/' + r['run_name']]}'>" in html
     assert md.count(runs["links"]["curves/math"]) == 5  # one per row: teacher, SFT-init, three variants
-    for fig in ("curves", "sampled", "grad_norm", "log_ratio", "length", "bias"):
+    for fig in FIGURES:
         assert (rep / "figures" / f"{fig}.png").stat().st_size > 1000
+
+
+def test_best_and_final_checkpoints_are_both_evaluated_and_reported(smoke):
+    """Every run has best/ (chosen by validation avg@k in training) and lm-eval files for both final/ and
+    best/; the main table is the best checkpoints', the final table the final ones'."""
+    from opdpipe.report import _fmt, mean_ci
+
+    res = smoke / "results" / "smoke"
+    md = (res / "report" / "report.md").read_text()
+    main, final = md.split("## Main results: best checkpoint by validation")[1].split("## Final checkpoints")
+    for variant in ("forward_kl-opd", "forward_kl-opd_plus", "reverse_kl-opd_plus"):
+        best_avg, final_avg, steps = [], [], []
+        for seed in (0, 1):
+            run = res / "math" / variant / f"seed{seed}"
+            summary = json.loads((run / "summary.json").read_text())
+            ev, ev_best = (json.loads((run / f).read_text()) for f in ("eval.json", "eval_best.json"))
+            assert (run / "best" / "config.json").exists() and ev_best["best"] == summary["best"]
+            assert summary["best"]["step"] in (2, 4) and summary["best"]["metric"] == "val/avg_at_k"
+            if summary["best"]["is_final"]:  # same weights: final's evaluation reused, and said so
+                assert ev_best["reused_from"].endswith(f"seed{seed}/eval.json") and "reused" in ev_best["note"]
+            else:
+                assert ev_best["checkpoint"].endswith(f"seed{seed}/best") and "reused_from" not in ev_best
+            best_avg.append(ev_best["avg_at_k"]), final_avg.append(ev["avg_at_k"]), steps.append(summary["best"]["step"])
+        row = next(line for line in main.splitlines() if line.startswith(f"| {variant} "))
+        assert _fmt(*mean_ci(best_avg)) in row and f"| {steps[0]}, {steps[1]} " in row, row
+        row = next(line for line in final.splitlines() if line.startswith(f"| {variant} "))
+        assert _fmt(*mean_ci(final_avg)) in row, row
 
 
 def test_every_run_is_tracked_once_in_mlflow(smoke):

@@ -201,3 +201,19 @@ def test_best_at_the_last_step_reuses_final_evaluation(tmp_path):
     assert json.loads((tmp_path / "eval_best.json").read_text()) == out
     assert out["avg_at_k"] == 0.25 and out["samples"] == final["samples"] and out["best"]["step"] == 6
     assert out["reused_from"] == str(tmp_path / "eval.json") and "final step" in out["note"]
+
+
+def test_a_lora_run_writes_its_best_checkpoint_merged(mini_world, tiny_world, tmp_path, monkeypatch):
+    """Pretrained models with a LoRA adapter: work/best/ keeps the adapter, best/ is merged and plain."""
+    from transformers import AutoModelForCausalLM
+
+    from test_backends_training import _spec as lora_spec
+
+    _scripted(monkeypatch, {0: 0.0, 2: 0.5, 4: 0.1})
+    s = run(lora_spec(mini_world, tiny_world, tmp_path / "r"), progress=False)
+    assert s["best"]["step"] == 2 and not s["best"]["is_final"]
+    run(lora_spec(mini_world, tiny_world, tmp_path / "two", steps=2), progress=False)
+    best = dict(AutoModelForCausalLM.from_pretrained(str(tmp_path / "r" / "best")).named_parameters())
+    assert not any("lora" in n for n in best)
+    assert _same(tmp_path / "r" / "best", tmp_path / "two" / "final")
+    assert not _same(tmp_path / "r" / "best", tmp_path / "r" / "final")

@@ -24,7 +24,7 @@ from opdpipe.models import build_model, save_checkpoint
 from opdpipe.tokenizer import build_char_tokenizer
 
 hf_logging.disable_progress_bar()
-DEFAULT_CONFIG = "configs/default.yaml"
+DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "default.yaml")
 TASK = "math"
 
 

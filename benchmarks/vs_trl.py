@@ -59,9 +59,6 @@ import torch
 
 import bench_world as bw
 
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renames (gradient_checkpointing)
-
 DIRECTIONS = {"forward_kl": 0.0, "reverse_kl": 1.0}  # opdpipe divergence -> TRL GKD beta
 
 
@@ -190,6 +187,8 @@ def report(direction: str, runs: dict, study: dict, vocab: int, peak: float) -> 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renames (gradient_checkpointing)
     try:
         import trl
     except ImportError:

@@ -12,8 +12,9 @@ hyperparameters. The axes:
   size    student x1, x4, x16 parameters: hidden, intermediate size and attention heads times 1, 2, 4
           (head size and depth kept; non-embedding parameters grow exactly 4x and 16x); teacher unchanged
 Checkpoints are random-init (built here with opdpipe.models.build_model, saved with save_pretrained),
-so a rollout ends only on a chance EOS (about 1 token in 99): the decode loop always runs to the
-budget (64+ rollouts never all stop early), and the response tokens counted per step are printed.
+so a rollout ends only on a chance EOS (about 1 token in 99): the decode loop runs to the budget
+(64+ rollouts never all stop early), so every point computes rollouts x budget response positions;
+tokens/s counts the response tokens actually sampled (EOS included), printed beside the positions.
 Each point: `--warmup` steps, then the median of `--rounds` steps of opdpipe.trainer.train_step.
 """
 from __future__ import annotations
@@ -77,17 +78,18 @@ def measure(root: Path, study: dict, prompts: int, budget: int, size: int, round
     flops = bw.median(bw.step_flops(student, teacher, step.state.student.config.vocab_size, r["rollouts"],
                                     r["prompt_width"], r["response_width"])["total"] for r in runs)
     return {"s": s, "tok_s": bw.median(r["tokens"] / r["s"] for r in runs),
-            "tokens": bw.median(r["tokens"] for r in runs), "gflop": flops / 1e9, "gflops": flops / 1e9 / s,
+            "tokens": bw.median(r["tokens"] for r in runs), "positions": runs[0]["rollouts"] * runs[0]["response_width"],
+            "gflop": flops / 1e9, "gflops": flops / 1e9 / s,
             "params": sum(p.numel() for p in step.state.student.parameters())}
 
 
 def table(axis: str, rows: list[tuple[int, dict]], base: dict) -> str:
     name = AXES[axis][1]
-    lines = [f"| {name} | s/step | x first row | tokens/s | response tokens/step | GFLOP/step | GFLOP/s |"
+    lines = [f"| {name} | s/step | x first row | tokens/s | response tokens / positions per step | GFLOP/step | GFLOP/s |"
              + (" student params |" if axis == "size" else ""),
              "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if axis == "size" else "")]
     for value, r in rows:
-        lines.append(f"| {value} | {r['s']:.3f} | {r['s'] / base['s']:.2f} | {r['tok_s']:.0f} | {r['tokens']:.0f} | "
+        lines.append(f"| {value} | {r['s']:.3f} | {r['s'] / base['s']:.2f} | {r['tok_s']:.0f} | {r['tokens']:.0f} / {r['positions']} | "
                      f"{r['gflop']:.2f} | {r['gflops']:.2f} |" + (f" {r['params']:,} |" if axis == "size" else ""))
     return "\n".join(lines)
 

@@ -83,7 +83,7 @@ def test_scaling_runs_one_small_point(tmp_path, capsys):
     assert scaling.main(["--axes", "batch", "--batch", "2", "--rounds", "1", "--warmup", "0",
                          "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    row = re.search(r"^\| 2 \| ([\d.]+) \| 1\.00 \| (\d+) \| (\d+) \| ([\d.]+) \|", out, re.M)
+    row = re.search(r"^\| 2 \| ([\d.]+) \| 1\.00 \| (\d+) \| (\d+) / 256 \| ([\d.]+) \|", out, re.M)
     assert row, out
     s, tok_s, tokens, gflop = float(row[1]), int(row[2]), int(row[3]), float(row[4])
     assert 0 < s and 0 < tokens <= 2 * 4 * 32 and abs(tok_s - tokens / s) <= 0.01 * tok_s + 1

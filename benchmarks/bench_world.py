@@ -19,20 +19,23 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from opdpipe import data, trainer
-from opdpipe.config import load, opd_hparams
+from opdpipe.config import load, opd_hparams, variant_id
 from opdpipe.models import build_model, save_checkpoint
 from opdpipe.tokenizer import build_char_tokenizer
 
-hf_logging.disable_progress_bar()
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "default.yaml")
 TASK = "math"
+
+
+def quiet() -> None:
+    """No progress bars from saving and loading the checkpoints (the benchmarks' tables stay readable)."""
+    hf_logging.disable_progress_bar()
 
 
 def default_study(config: str = DEFAULT_CONFIG) -> dict:
     """The embedded default's model blocks, math data spec and OPD hyperparameters (one thread)."""
     cfg = load(config)
-    vid = next(iter(cfg["variants"]))
-    hp = opd_hparams(cfg, TASK, f"{vid['divergence']}-{vid['design']}")
+    hp = opd_hparams(cfg, TASK, variant_id(cfg["variants"][0]))
     return {"student": dict(cfg["student"]["model"]), "teacher": dict(cfg["teacher"]["model"]),
             "data": cfg["tasks"][TASK], "seed": cfg["seed"], "hparams": {**hp, "threads": 1}}
 

@@ -96,6 +96,7 @@ def table(axis: str, rows: list[tuple[int, dict]], base: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    bw.quiet()
     study = bw.default_study(args.config)
     base_point = (study["hparams"]["prompts_per_step"], study["hparams"]["max_new_tokens"], 1)
     rate = bw.matmul_gflops()

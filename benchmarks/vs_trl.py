@@ -58,6 +58,7 @@ from pathlib import Path
 import torch
 
 import bench_world as bw
+from opdpipe.tokenizer import build_char_tokenizer
 
 DIRECTIONS = {"forward_kl": 0.0, "reverse_kl": 1.0}  # opdpipe divergence -> TRL GKD beta
 
@@ -193,6 +194,7 @@ def main(argv=None) -> int:
         import trl
     except ImportError:
         sys.exit("benchmarks/vs_trl.py needs TRL: run `make bench-env` and use .venv-bench/bin/python")
+    bw.quiet()
     study = bw.default_study(args.config)
     peak = bw.matmul_gflops()
     print(f"trl {trl.__version__}, torch {torch.__version__}, 1 thread; single-thread float32 matmul (512^3): "
@@ -203,7 +205,7 @@ def main(argv=None) -> int:
         world = {"data": bw.make_data(root, study["data"], study["seed"]),
                  "student": bw.make_checkpoint(root, "student", study["student"], study["seed"]),
                  "teacher": bw.make_checkpoint(root, "teacher", study["teacher"], study["seed"] + 1)}
-        vocab = len(__import__("opdpipe.tokenizer", fromlist=["x"]).build_char_tokenizer())
+        vocab = len(build_char_tokenizer())
         for direction in args.directions:
             runs = interleaved(world, study, direction, args.rounds, args.warmup, root / direction)
             print(report(direction, runs, study, vocab, peak), flush=True)

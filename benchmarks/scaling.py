@@ -1,7 +1,7 @@
 """How one opdpipe OPD step's cost grows: seconds per step and tokens per second as the batch, the
 response budget and the student's size grow, one factor at a time, the others at the embedded default.
 
-    python benchmarks/scaling.py                       # all three axes, ~5 min on one thread
+    python benchmarks/scaling.py                       # all three axes, ~2-4 min on one thread
     python benchmarks/scaling.py --axes batch --batch 16,32 --rounds 1 --warmup 0   # fewer points
 
 The default point: 16 prompts x 4 rollouts, 32 new tokens, the default student (hidden 64, 2 layers)
@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--axes", default="batch,budget,size", help="comma-separated subset of " + ", ".join(AXES))
     for axis, values in DEFAULTS.items():
         p.add_argument(f"--{axis}", default=values, help=f"comma-separated values (default {values})")
-    p.add_argument("--rounds", type=int, default=3, help="timed steps per point (median)")
+    p.add_argument("--rounds", type=int, default=5, help="timed steps per point (median)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per point")
     p.add_argument("--workdir", default=None, help="keep the checkpoints and data here (default: a temp dir)")
     args = p.parse_args(argv)

@@ -15,7 +15,9 @@ Checkpoints are random-init (built here with opdpipe.models.build_model, saved w
 so a rollout ends only on a chance EOS (about 1 token in 99): the decode loop runs to the budget
 (64+ rollouts never all stop early), so every point computes rollouts x budget response positions;
 tokens/s counts the response tokens actually sampled (EOS included), printed beside the positions.
-Each point: `--warmup` steps, then the median of `--rounds` steps of opdpipe.trainer.train_step.
+Each point is a fresh run of opdpipe.trainer.train_step; an axis's points are stepped round-robin
+(`--warmup` untimed rounds, then the median of `--rounds`), so a shared machine's load falls on all
+of them alike.
 """
 from __future__ import annotations
 
@@ -62,21 +64,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def measure(root: Path, study: dict, prompts: int, budget: int, size: int, rounds: int, warmup: int) -> dict:
-    """Median seconds per step, tokens per second and FLOPs of one point."""
+def point_step(root: Path, study: dict, prompts: int, budget: int, size: int) -> bw.OpdStep:
+    """A fresh OPD run at one point: its checkpoints (built once per size) and its trainer state."""
     student = bw.scaled(study["student"], WIDTH[size], MAX_POSITIONS)
     teacher = bw.scaled(study["teacher"], 1, MAX_POSITIONS)
     world = {"data": bw.make_data(root, study["data"], study["seed"]),
              "student": bw.make_checkpoint(root, f"student_x{size}", student, study["seed"]),
              "teacher": bw.make_checkpoint(root, "teacher", teacher, study["seed"])}
     hp = {**study["hparams"], "prompts_per_step": prompts, "max_new_tokens": budget}
-    step = bw.OpdStep(world, hp, "reverse_kl", "opd", root / "run")
-    for _ in range(warmup):
-        step()
-    runs = [step() for _ in range(rounds)]
+    step = bw.OpdStep(world, hp, "reverse_kl", "opd", root / f"run_{prompts}_{budget}_{size}")
+    step.blocks = (student, teacher)
+    return step
+
+
+def measure_axis(steps: dict, rounds: int, warmup: int) -> dict:
+    """The points of one axis stepped round-robin (the machine's load falls on all of them alike);
+    per point the median seconds per step, tokens per second and FLOPs."""
+    runs = {key: [] for key in steps}
+    for r in range(warmup + rounds):
+        for key, step in steps.items():
+            out = step()
+            if r >= warmup:
+                runs[key].append(out)
+    return {key: summary(steps[key], rs) for key, rs in runs.items()}
+
+
+def summary(step: bw.OpdStep, runs: list[dict]) -> dict:
     s = bw.median(r["s"] for r in runs)
-    flops = bw.median(bw.step_flops(student, teacher, step.state.student.config.vocab_size, r["rollouts"],
-                                    r["prompt_width"], r["response_width"])["total"] for r in runs)
+    vocab = step.state.student.config.vocab_size
+    flops = bw.median(bw.step_flops(*step.blocks, vocab, r["rollouts"], r["prompt_width"], r["response_width"])["total"]
+                      for r in runs)
     return {"s": s, "tok_s": bw.median(r["tokens"] / r["s"] for r in runs),
             "tokens": bw.median(r["tokens"] for r in runs), "positions": runs[0]["rollouts"] * runs[0]["response_width"],
             "gflop": flops / 1e9, "gflops": flops / 1e9 / s,
@@ -102,21 +119,14 @@ def main(argv=None) -> int:
     rate = bw.matmul_gflops()
     print(f"single-thread float32 matmul (512^3): {rate:.1f} GFLOP/s; default point: {base_point[0]} prompts x "
           f"{study['hparams']['group_size']} rollouts, {base_point[1]} new tokens, student x1; "
-          f"{args.warmup} warm-up + median of {args.rounds} steps per point", flush=True)
+          f"{args.warmup} warm-up + median of {args.rounds} round-robin steps per point", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.workdir or tmp)
-        cache = {}
-
-        def point(key):
-            if key not in cache:
-                cache[key] = measure(root, study, *key, args.rounds, args.warmup)
-            return cache[key]
-
         for axis in args.axes:
-            rows = []
-            for v in getattr(args, axis):
-                key = {"batch": (v, base_point[1], 1), "budget": (base_point[0], v, 1), "size": (*base_point[:2], v)}[axis]
-                rows.append((v, point(key)))
+            keys = {v: {"batch": (v, base_point[1], 1), "budget": (base_point[0], v, 1),
+                        "size": (*base_point[:2], v)}[axis] for v in getattr(args, axis)}
+            result = measure_axis({v: point_step(root, study, *key) for v, key in keys.items()}, args.rounds, args.warmup)
+            rows = list(result.items())
             print(f"\n{axis}:\n{table(axis, rows, rows[0][1])}", flush=True)
     return 0
 

@@ -20,6 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from opdpipe import data, trainer
 from opdpipe.config import load, opd_hparams, variant_id
+from opdpipe.hparams import DEFAULTS
 from opdpipe.models import build_model, save_checkpoint
 from opdpipe.tokenizer import build_char_tokenizer
 
@@ -33,11 +34,12 @@ def quiet() -> None:
 
 
 def default_study(config: str = DEFAULT_CONFIG) -> dict:
-    """The embedded default's model blocks, math data spec and OPD hyperparameters (one thread)."""
+    """The embedded default's model blocks, math data spec and OPD hyperparameters (all of them, the
+    trainer's defaults filled in; one thread)."""
     cfg = load(config)
     hp = opd_hparams(cfg, TASK, variant_id(cfg["variants"][0]))
     return {"student": dict(cfg["student"]["model"]), "teacher": dict(cfg["teacher"]["model"]),
-            "data": cfg["tasks"][TASK], "seed": cfg["seed"], "hparams": {**hp, "threads": 1}}
+            "data": cfg["tasks"][TASK], "seed": cfg["seed"], "hparams": {**DEFAULTS, **hp, "threads": 1}}
 
 
 def make_data(root: Path, spec: dict, seed: int) -> Path:

@@ -122,8 +122,8 @@ def trl_trainer(world: dict, study: dict, beta: float, steps: int, out: Path, ca
     ds = Dataset.from_list([{"prompt_ids": ids} for ids in tok(prompts)["input_ids"]])
     args = GKDConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=hp["prompts_per_step"],
                      lmbda=1.0, beta=beta, temperature=1.0, max_new_tokens=hp["max_new_tokens"],
-                     learning_rate=hp["lr"], lr_scheduler_type="constant", weight_decay=0.0,
-                     max_grad_norm=hp.get("max_grad_norm", 1.0), optim="adamw_torch", seed=0,
+                     learning_rate=hp["lr"], lr_scheduler_type=hp["lr_schedule"], warmup_steps=hp["warmup_steps"],
+                     weight_decay=hp["weight_decay"], max_grad_norm=hp["max_grad_norm"], optim="adamw_torch", seed=0,
                      bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
                      eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none",
                      disable_tqdm=True, dataloader_num_workers=0, push_to_hub=False)

@@ -101,18 +101,25 @@ def forward_flops(block: dict, vocab: int, tokens: int, context: float, head_tok
     return 2.0 * (per_token * tokens + head)
 
 
-def step_flops(student: dict, teacher: dict, vocab: int, rollouts: int, prompt: int, response: int) -> dict:
+def step_flops(student: dict, teacher: dict, vocab: int, rollouts: int, prompt: int, response: int,
+               prompts: int | None = None) -> dict:
     """The work one OPD step needs, on [rollouts, prompt | response] rows (prompt = padded width):
-    rollout = prefill (head on the last position) + one cached decode call per new token but the
+    rollout = prefill (head on its last position) + one cached decode call per new token but the
     first (student, no grad);
     teacher = one scoring pass over prompt + response (head on the response positions only);
-    update = student forward + backward (backward = 2 x forward) over prompt + response."""
+    update = student forward + backward (backward = 2 x forward) over prompt + response.
+    prompts = None: every row computes its own prompt positions (TRL; transformers' path);
+    prompts = the number of distinct prompts: each is computed once and shared by its rollouts
+    (opdpipe.fastlm), the responses still attend to it."""
     B, P, T = rollouts, prompt, response
-    roll = forward_flops(student, vocab, B * P, P / 2, head_tokens=B) + \
+    C = prompts or B
+
+    def full_pass(block):  # prompt positions (mean causal context P/2), then the response's (P + T/2)
+        return forward_flops(block, vocab, C * P, P / 2, head_tokens=0) + \
+            forward_flops(block, vocab, B * T, P + T / 2, head_tokens=B * T)
+    roll = forward_flops(student, vocab, C * P, P / 2, head_tokens=C) + \
         forward_flops(student, vocab, B * (T - 1), P + T / 2, head_tokens=B * (T - 1))
-    full = (P + T) / 2  # mean causal context of a full-sequence pass
-    teach = forward_flops(teacher, vocab, B * (P + T), full, head_tokens=B * T)
-    update = 3 * forward_flops(student, vocab, B * (P + T), full, head_tokens=B * T)
+    teach, update = full_pass(teacher), 3 * full_pass(student)
     return {"rollout": roll, "teacher": teach, "update": update, "total": roll + teach + update}
 
 

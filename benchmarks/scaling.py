@@ -15,6 +15,8 @@ Checkpoints are random-init (built here with opdpipe.models.build_model, saved w
 so a rollout ends only on a chance EOS (about 1 token in 99): the decode loop runs to the budget
 (64+ rollouts never all stop early), so every point computes rollouts x budget response positions;
 tokens/s counts the response tokens actually sampled (EOS included), printed beside the positions.
+GFLOP/step counts every row's own prompt positions (bench_world.step_flops); opdpipe's fast path
+computes each distinct prompt once, so it does less arithmetic than counted.
 Each point is a fresh run of opdpipe.trainer.train_step; an axis's points are stepped round-robin
 (`--warmup` untimed rounds, then the median of `--rounds`), so a shared machine's load falls on all
 of them alike.

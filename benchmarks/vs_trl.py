@@ -23,13 +23,14 @@ an opdpipe step, round after round), medians over the rounds after `--warmup` un
 What one step includes, timed:
   opdpipe  opdpipe.trainer.train_step (the code `trainer.run` drives, reached through RunSpec /
            validate / build_state): draw 16 prompt indices, tokenize the prompts, sample 64 rollouts
-           with opdpipe.generation's KV-cache loop, one no-grad teacher pass over [prompt | response]
+           with opdpipe.generation.sample (KV cache), one no-grad teacher pass over [prompt | response]
            (output head on the response positions only), one student forward + backward (its
            log-probs also serve as the behaviour log-probs), log-ratio clipping, advantages, loss,
            gradient clipping, AdamW step, finite-weight check, lr schedule step, and the step's
            metrics (decoding the 64 responses, grading them, loss statistics). Not included:
            validation, the bias meter and checkpoints (set to never; `trainer.run` does them every
-           10-25 steps).
+           10-25 steps). At this version the embedded models run these passes through
+           opdpipe.fastlm (plain torch, each distinct prompt computed once for its 4 rollouts).
   TRL      transformers.Trainer's optimizer step from on_step_begin to on_step_end with
            GKDTrainer.training_step: `model.generate` of the 64 rollouts (KV cache), completion
            masks, one student forward and one no-grad teacher forward over the whole sequence (full
@@ -41,8 +42,10 @@ What one step includes, timed:
            is the only other model), dropout (none in these models).
 
 FLOPs: the work the step needs on each side's own batch shapes (bench_world.step_flops: rollout
-prefill + cached decode, teacher scoring, student forward + backward), against the machine's
-single-thread float32 matmul rate measured here (512^3). TRL's full-sequence logits and
+prefill + cached decode, teacher scoring, student forward + backward), counted two ways: every row
+computing its own prompt (as TRL and transformers' path do), and each of the 16 distinct prompts
+once (as opdpipe's fast path, opdpipe.fastlm, does: the least work the step needs), against the
+machine's single-thread float32 matmul rate measured here (512^3). TRL's full-sequence logits and
 full-vocabulary loss are extra arithmetic not counted.
 """
 from __future__ import annotations
@@ -158,24 +161,30 @@ def interleaved(world: dict, study: dict, direction: str, rounds: int, warmup: i
     return {side: r[warmup:] for side, r in runs.items()}
 
 
-def summary(runs: list[dict], student: dict, teacher: dict, vocab: int, peak: float) -> dict:
-    s = bw.median(r["s"] for r in runs)
-    flops = bw.median(bw.step_flops(student, teacher, vocab, r["rollouts"], r["prompt_width"],
-                                    r["response_width"])["total"] for r in runs)
+def summary(runs: list[dict], study: dict, vocab: int, peak: float) -> dict:
+    """Medians of one side's rounds; FLOPs counted per row and with each distinct prompt once."""
+    s, G = bw.median(r["s"] for r in runs), study["hparams"]["group_size"]
+
+    def flops(shared):
+        return bw.median(bw.step_flops(study["student"], study["teacher"], vocab, r["rollouts"], r["prompt_width"],
+                                       r["response_width"], r["rollouts"] // G if shared else None)["total"]
+                         for r in runs)
+    rows, shared = flops(False), flops(True)
     return {"s": s, "tok_s": bw.median(r["tokens"] / r["s"] for r in runs), "tokens": bw.median(r["tokens"] for r in runs),
-            "gflop": flops / 1e9, "util": flops / s / 1e9 / peak}
+            "gflop": rows / 1e9, "util": rows / s / 1e9 / peak, "gflop_shared": shared / 1e9,
+            "util_shared": shared / s / 1e9 / peak}
 
 
 def report(direction: str, runs: dict, study: dict, vocab: int, peak: float) -> str:
-    rows = {side: summary(r, study["student"], study["teacher"], vocab, peak) for side, r in runs.items()}
+    rows = {side: summary(r, study, vocab, peak) for side, r in runs.items()}
     paired = bw.median(t["s"] / o["s"] for t, o in zip(runs["trl"], runs["opdpipe"]))
     lines = [f"\n{direction} (TRL beta = {DIRECTIONS[direction]:g}), median of {len(runs['trl'])} interleaved rounds:",
-             "| side | s/step | tokens/s | response tokens/step | GFLOP/step | % of matmul rate |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| side | s/step | tokens/s | response tokens/step | GFLOP/step (every row / prompts once) "
+             "| % of matmul rate (every row / prompts once) |", "|---|---:|---:|---:|---:|---:|"]
     for side in ("opdpipe", "trl"):
         r = rows[side]
-        lines.append(f"| {side} | {r['s']:.3f} | {r['tok_s']:.0f} | {r['tokens']:.0f} | {r['gflop']:.2f} | "
-                     f"{100 * r['util']:.1f} |")
+        lines.append(f"| {side} | {r['s']:.3f} | {r['tok_s']:.0f} | {r['tokens']:.0f} | {r['gflop']:.2f} / "
+                     f"{r['gflop_shared']:.2f} | {100 * r['util']:.1f} / {100 * r['util_shared']:.1f} |")
     split = {k: bw.median(r["split"][k] for r in runs["opdpipe"]) for k in ("rollout", "teacher", "update")}
     trl_roll = bw.median(r["rollout_s"] for r in runs["trl"])
     trl_rest = bw.median(r["s"] - r["rollout_s"] for r in runs["trl"])

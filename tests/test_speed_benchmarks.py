@@ -111,3 +111,16 @@ def test_vs_trl_runs_one_round(tmp_path, capsys):
     out = capsys.readouterr().out
     assert re.search(r"^\| opdpipe \| [\d.]+ \| \d+ \|", out, re.M) and re.search(r"^\| trl \| [\d.]+ \| \d+ \|", out, re.M)
     assert re.search(r"TRL / opdpipe seconds per step: [\d.]+ \(ratio of medians\)", out)
+
+
+def test_step_flops_shared_prompts_count_the_prompt_once():
+    """Per row (prompts=None), a full pass is forward_flops over prompt + response at mean causal context
+    (P + T) / 2; with the prompt shared by G rollouts, G - 1 of every G rows' prompt positions drop out."""
+    st = bw.default_study()
+    B, P, T, V, G = 64, 44, 32, 99, 4
+    rows = bw.step_flops(st["student"], st["teacher"], V, B, P, T)
+    assert rows["update"] == pytest.approx(3 * bw.forward_flops(st["student"], V, B * (P + T), (P + T) / 2,
+                                                                 head_tokens=B * T), rel=1e-12)
+    shared = bw.step_flops(st["student"], st["teacher"], V, B, P, T, prompts=B // G)
+    prompt_part = bw.forward_flops(st["teacher"], V, B * P, P / 2, head_tokens=0)
+    assert rows["teacher"] - shared["teacher"] == pytest.approx(prompt_part * (G - 1) / G, rel=1e-12)

@@ -3,6 +3,7 @@
 #   make test        set up, then run the test suite (unit tests + the smoke DAG)
 #   make test-cluster  (root) the smoke study on a one-node SLURM cluster, compared with make test's run
 #   make test-vllm   the optional vLLM rollout extra: build .venv-vllm, run its tests on the CPU
+#   make bench-env   the optional peer-benchmark extra (TRL) in .venv-bench, for benchmarks/vs_trl.py
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,6 +12,10 @@ STAMP := $(VENV)/.opdpipe-installed
 VENV_VLLM ?= .venv-vllm
 PY_VLLM := $(VENV_VLLM)/bin/python
 STAMP_VLLM := $(VENV_VLLM)/.opdpipe-installed
+# The peer benchmark's TRL in its own environment, so that .venv (make test) never carries it
+VENV_BENCH ?= .venv-bench
+PY_BENCH := $(VENV_BENCH)/bin/python
+STAMP_BENCH := $(VENV_BENCH)/.opdpipe-installed
 CONFIG ?= configs/default.yaml
 CORES ?= all
 # Values reach recipes through the environment and are quoted there ("$$CONFIG"): nothing read from a
@@ -23,7 +28,7 @@ WHERE := $(PY) -m opdpipe.cli where "$$CONFIG"
 # make test keeps its local smoke run here; make test-cluster compares the SLURM run with it
 SMOKE_DIR := $(CURDIR)/.cache/smoke-local
 
-.PHONY: setup test test-cluster test-ui reproduce variant mlflow-ui dry-run lint vllm-env test-vllm
+.PHONY: setup test test-cluster test-ui reproduce variant mlflow-ui dry-run lint vllm-env test-vllm bench-env
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +65,15 @@ vllm-env: $(STAMP_VLLM)
 test-vllm: setup vllm-env
 	$(PY_VLLM) -m pytest -q tests/test_vllm_engine.py
 	$(PY) -m pytest -q tests/test_vllm_workflow.py
+
+# requirements-bench.txt = requirements.txt + trl: the project's pins hold, torch is never changed
+$(STAMP_BENCH): requirements-bench.txt requirements.txt pyproject.toml
+	test -x $(PY_BENCH) || $(PYTHON) -m venv $(VENV_BENCH)
+	$(PY_BENCH) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
+	$(PY_BENCH) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+bench-env: $(STAMP_BENCH)
 
 reproduce: setup
 	$(SMK)

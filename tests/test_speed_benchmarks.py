@@ -1,0 +1,126 @@
+"""benchmarks/scaling.py and benchmarks/vs_trl.py: argument checks, the FLOP count against torch's own
+counter, a one-point scaling run, and (where TRL is installed) TRL's KL convention and a one-round run."""
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import bench_world as bw  # noqa: E402
+import scaling  # noqa: E402
+import vs_trl  # noqa: E402
+
+HAS_TRL = importlib.util.find_spec("trl") is not None
+NO_TRL = "TRL is an optional benchmark extra (make bench-env; .venv-bench/bin/python -m pytest tests/test_speed_benchmarks.py)"
+
+
+def test_scaling_arguments_are_checked_before_any_work():
+    args = scaling.parse_args([])
+    assert args.axes == ["batch", "budget", "size"] and args.batch == [16, 32, 64, 128]
+    assert args.budget == [32, 64, 128, 256] and args.size == [1, 4, 16]
+    for argv, message in [(["--axes", "batch,depth"], r"--axes: unknown \['depth'\]; allowed: batch, budget, size"),
+                          (["--size", "2"], r"--size = '2': allowed factors: 1, 4, 16"),
+                          (["--batch", "16,x"], r"--batch = '16,x': allowed: comma-separated positive integers"),
+                          (["--budget", "0"], r"--budget = '0': allowed"),
+                          (["--rounds", "0"], r"--rounds = 0")]:
+        assert re.search(message, _stderr_of(scaling.parse_args, argv)), argv
+
+
+def test_vs_trl_arguments_are_checked_without_trl():
+    assert vs_trl.parse_args([]).directions == ["forward_kl", "reverse_kl"]
+    assert re.search(r"--directions = \['jsd'\]: allowed: forward_kl, reverse_kl",
+                     _stderr_of(vs_trl.parse_args, ["--directions", "jsd"]))
+
+
+def _stderr_of(fn, argv) -> str:
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit):
+        fn(argv)
+    return err.getvalue()
+
+
+@pytest.mark.parametrize("who", ["student", "teacher"])
+def test_flop_count_matches_torch_counter(who):
+    """torch's FlopCounterMode counts the matmuls (it leaves out CPU attention): the count without the
+    attention term must equal it exactly, forward, forward + backward (3x) and with a cut output head."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from opdpipe.models import build_model
+    from opdpipe.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    block = bw.default_study()[who]
+    model, ids = build_model(block, tok, 0), torch.randint(3, len(tok), (3, 20))
+    with FlopCounterMode(display=False) as fc:
+        model(input_ids=ids).logits.sum().backward()
+    assert fc.get_total_flops() == 3 * bw.forward_flops(block, len(tok), 60, context=0)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(input_ids=ids, logits_to_keep=5)
+    assert fc.get_total_flops() == bw.forward_flops(block, len(tok), 60, context=0, head_tokens=15)
+
+
+def test_scaled_student_has_4x_and_16x_non_embedding_parameters():
+    from opdpipe.models import build_model
+    from opdpipe.tokenizer import build_char_tokenizer
+
+    tok, base = build_char_tokenizer(), bw.default_study()["student"]
+
+    def body(width):
+        m = build_model(bw.scaled(base, width), tok, 0)
+        return sum(p.numel() for n, p in m.named_parameters() if "embed" not in n and "norm" not in n)
+    assert body(2) == 4 * body(1) and body(4) == 16 * body(1)
+
+
+def test_scaling_runs_one_small_point(tmp_path, capsys):
+    """The real OPD step (opdpipe.trainer.train_step) at 2 prompts x 4 rollouts, 32 new tokens."""
+    assert scaling.main(["--axes", "batch", "--batch", "2", "--rounds", "1", "--warmup", "0",
+                         "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    row = re.search(r"^\| 2 \| ([\d.]+) \| 1\.00 \| (\d+) \| (\d+) / 256 \| ([\d.]+) \|", out, re.M)
+    assert row, out
+    s, tok_s, tokens, gflop = float(row[1]), int(row[2]), int(row[3]), float(row[4])
+    assert 0 < s and 0 < tokens <= 2 * 4 * 32 and abs(tok_s - tokens / s) <= 0.01 * tok_s + 1
+    assert gflop > 0 and (tmp_path / "student_x1" / "config.json").exists()
+
+
+@pytest.mark.skipif(not HAS_TRL, reason=NO_TRL)
+@pytest.mark.parametrize("direction", ["forward_kl", "reverse_kl"])
+def test_trl_beta_is_the_named_kl_direction(direction):
+    """TRL's generalized JSD at the beta vs_trl.py uses equals the KL it is named after (per token mean)."""
+    from trl.experimental.gkd import GKDTrainer
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 3, 7, generator=g), torch.randn(2, 3, 7, generator=g)
+    ls, lt = s.log_softmax(-1), t.log_softmax(-1)
+    want = (lt.exp() * (lt - ls)).sum(-1) if direction == "forward_kl" else (ls.exp() * (ls - lt)).sum(-1)
+    got = GKDTrainer.generalized_jsd_loss(s, t, labels=torch.zeros(2, 3, dtype=torch.long),
+                                          beta=vs_trl.DIRECTIONS[direction])
+    torch.testing.assert_close(got, want.mean(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not HAS_TRL, reason=NO_TRL)
+def test_vs_trl_runs_one_round(tmp_path, capsys):
+    assert vs_trl.main(["--rounds", "1", "--warmup", "0", "--directions", "reverse_kl", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\| opdpipe \| [\d.]+ \| \d+ \|", out, re.M) and re.search(r"^\| trl \| [\d.]+ \| \d+ \|", out, re.M)
+    assert re.search(r"TRL / opdpipe seconds per step: [\d.]+ \(ratio of medians\)", out)
+
+
+def test_step_flops_shared_prompts_count_the_prompt_once():
+    """Per row (prompts=None), a full pass is forward_flops over prompt + response at mean causal context
+    (P + T) / 2; with the prompt shared by G rollouts, G - 1 of every G rows' prompt positions drop out."""
+    st = bw.default_study()
+    B, P, T, V, G = 64, 44, 32, 99, 4
+    rows = bw.step_flops(st["student"], st["teacher"], V, B, P, T)
+    assert rows["update"] == pytest.approx(3 * bw.forward_flops(st["student"], V, B * (P + T), (P + T) / 2,
+                                                                 head_tokens=B * T), rel=1e-12)
+    shared = bw.step_flops(st["student"], st["teacher"], V, B, P, T, prompts=B // G)
+    prompt_part = bw.forward_flops(st["teacher"], V, B * P, P / 2, head_tokens=0)
+    assert rows["teacher"] - shared["teacher"] == pytest.approx(prompt_part * (G - 1) / G, rel=1e-12)

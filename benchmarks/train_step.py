@@ -1,12 +1,17 @@
-"""Time one default OPD run (one variant, one seed, one thread) and its per-step split.
+"""Time default OPD runs (one variant, one seed, one thread) and their per-step split, on the fast path
+(opdpipe.fastlm) and on the reference transformers path, interleaved in one process.
 
     python benchmarks/train_step.py [--config configs/default.yaml] [--task math] [--variant reverse_kl-opd]
+                                    [--steps N] [--rounds R] [--paths fast,reference]
 
 Needs the study's world (data, teacher, SFT-init) under results/<study>/, as `make reproduce`
-(or `snakemake --cores all results/<study>/<task>/sft_init/manifest.json`) makes it. Writes the
-run to a scratch folder, never over the study's results.
+(or `snakemake results/<study>/<task>/sft_init/manifest.json --cores all`) makes it. Writes the
+runs to scratch folders, never over the study's results. Each round runs every path once, in turn,
+so both see the same machine load; the table gives medians over rounds. CPU seconds (this
+process) are printed beside wall seconds: on a shared machine they move less.
 """
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
@@ -15,10 +20,31 @@ from pathlib import Path
 
 import torch
 
-from opdpipe import trainer
+from opdpipe import fastlm, trainer
 from opdpipe.backends.study import backend_block
 from opdpipe.config import load, opd_hparams, variants
 from opdpipe.layout import Layout
+
+PARTS = ("rollout", "teacher", "update")
+PATHS = {"fast": contextlib.nullcontext, "reference": fastlm.disabled}
+
+
+def one_run(cfg, lay, task, variant, steps, path) -> dict:
+    v = variants(cfg)[variant]
+    hp = {**opd_hparams(cfg, task, variant), "threads": 1}
+    if steps:
+        hp.update(steps=steps, eval_every=max(steps, 1), bias_every=0, checkpoint_every=0)
+    with tempfile.TemporaryDirectory() as out, PATHS[path]():
+        spec = trainer.RunSpec(task, v["divergence"], v["design"], 0, lay.checkpoint(task, "sft_init"),
+                               lay.checkpoint(task, "teacher"), lay.data_dir(task), out, hp, backend_block(cfg))
+        t0, c0 = time.perf_counter(), time.process_time()
+        s = trainer.run(spec, progress=False, log=lambda *a: None)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        rows = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()][1:]
+    split = {k: sum(r[f"time/{k}_s"] for r in rows) / len(rows) for k in PARTS}
+    return {"wall": wall, "cpu": cpu, "steps": len(rows), **split,
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows),
+            "val": s["final"].get("val/greedy_acc")}
 
 
 def main():
@@ -26,27 +52,35 @@ def main():
     p.add_argument("--config", default="configs/default.yaml")
     p.add_argument("--task", default="math")
     p.add_argument("--variant", default="reverse_kl-opd")
+    p.add_argument("--steps", type=int, default=0, help="0: the config's steps (with its validation and checkpoints)")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--paths", default="fast,reference")
     args = p.parse_args()
+    paths = args.paths.split(",")
+    unknown = set(paths) - set(PATHS)
+    if unknown:
+        p.error(f"--paths: unknown {sorted(unknown)}; allowed: {', '.join(PATHS)}")
     cfg = load(args.config)
     lay = Layout.for_study(cfg["study"])
-    v = variants(cfg)[args.variant]
-    hp = {**opd_hparams(cfg, args.task, args.variant), "threads": 1}
-    with tempfile.TemporaryDirectory() as out:
-        spec = trainer.RunSpec(args.task, v["divergence"], v["design"], 0, lay.checkpoint(args.task, "sft_init"),
-                               lay.checkpoint(args.task, "teacher"), lay.data_dir(args.task), out, hp,
-                               backend_block(cfg))
-        t0 = time.perf_counter()
-        s = trainer.run(spec, progress=False, log=lambda *a: None)
-        wall = time.perf_counter() - t0
-        rows = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()][1:]
-    split = {k: sum(r[k] for r in rows) for k in ("time/rollout_s", "time/teacher_s", "time/update_s")}
-    step_total = sum(split.values())
-    print(f"run: {args.task} {args.variant} seed 0, {len(rows)} steps, torch threads {torch.get_num_threads()}")
-    print(f"wall time (incl. loading, validation, bias meter, checkpoints): {wall:.1f} s")
-    for k, v in split.items():
-        print(f"  {k[5:-2]:<8} {v:7.1f} s  ({100 * v / step_total:4.1f}% of step time)")
-    print(f"  per step {1000 * step_total / len(rows):.0f} ms; tokens/s median {statistics.median(r['tokens_per_s'] for r in rows):.0f}")
-    print(f"final val greedy acc {s['final'].get('val/greedy_acc')}")
+    torch.set_num_threads(1)
+    res = {k: [] for k in paths}
+    for _ in range(args.rounds):
+        for path in paths:
+            res[path].append(one_run(cfg, lay, args.task, args.variant, args.steps, path))
+    med = {k: {m: statistics.median(r[m] for r in rs) for m in rs[0] if m != "val"} for k, rs in res.items()}
+    print(f"run: {args.task} {args.variant} seed 0, {med[paths[0]]['steps']:.0f} steps, 1 torch thread, "
+          f"{args.rounds} round(s), medians")
+    print(f"{'path':<10} {'wall s':>7} {'cpu s':>7} {'ms/step':>8} " + " ".join(f"{k + ' ms':>11}" for k in PARTS)
+          + f" {'tokens/s':>9}")
+    for path, m in med.items():
+        step = sum(m[k] for k in PARTS)
+        print(f"{path:<10} {m['wall']:7.1f} {m['cpu']:7.1f} {1000 * step:8.0f} "
+              + " ".join(f"{1000 * m[k]:6.0f} ({100 * m[k] / step:2.0f}%)" for k in PARTS) + f" {m['tokens_per_s']:9.0f}")
+    if len(paths) == 2:
+        a, b = (med[k] for k in paths)
+        print(f"{paths[1]} / {paths[0]}: wall {b['wall'] / a['wall']:.2f}x, per step "
+              f"{sum(b[k] for k in PARTS) / sum(a[k] for k in PARTS):.2f}x")
+    print("final val greedy acc: " + ", ".join(f"{k} {rs[-1]['val']}" for k, rs in res.items()))
 
 
 if __name__ == "__main__":

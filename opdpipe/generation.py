@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from opdpipe import fastlm
+
 
 @dataclass
 class Rollout:
@@ -26,10 +28,34 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+def pick_tokens(logits: torch.Tensor, greedy: bool, generator: torch.Generator | None):
+    """The next token of each row ([B, V] logits): argmax, or a draw at temperature 1; and its log-prob."""
+    logp = torch.log_softmax(logits.float(), dim=-1)  # [B, V]
+    if greedy:
+        tok = logp.argmax(-1)
+    else:
+        tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def finish_rollout(prompt_ids, tokens: list[torch.Tensor], logps: list[torch.Tensor], done: torch.Tensor,
+                   eos_id: int) -> Rollout:
+    response = torch.stack(tokens, dim=1)
+    # a token is part of the response if no EOS came strictly before it
+    eos_before = torch.cumsum((response == eos_id).long(), dim=1) - (response == eos_id).long()
+    mask = (eos_before == 0).long()
+    return Rollout(prompt_ids, response, mask, torch.stack(logps, dim=1) * mask, ~done)
+
+
 @torch.no_grad()
 def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
            greedy: bool = False, generator: torch.Generator | None = None) -> Rollout:
-    """Sample (or greedily decode) continuations of left-padded prompts until EOS or the budget."""
+    """Sample (or greedily decode) continuations of left-padded prompts until EOS or the budget.
+
+    The embedded models take the fast path (opdpipe.fastlm: the same draws, one prefill per distinct
+    prompt); any other model runs through transformers with its KV cache."""
+    if fastlm.supports(model):
+        return fastlm.sample(model, prompt_ids, max_new_tokens, eos_id, pad_id, greedy, generator)
     dev = next(model.parameters()).device  # the model's device (a no-op move on the CPU)
     ids, attn = (t.to(dev) for t in left_pad(prompt_ids, pad_id))
     B = ids.shape[0]
@@ -40,12 +66,7 @@ def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int,
     tokens, logps = [], []
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     for _ in range(max_new_tokens):
-        logp = torch.log_softmax(logits.float(), dim=-1)  # [B, V]
-        if greedy:
-            tok = logp.argmax(-1)
-        else:
-            tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
-        tok_lp = logp.gather(-1, tok[:, None]).squeeze(-1)
+        tok, tok_lp = pick_tokens(logits, greedy, generator)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         tokens.append(tok)
         logps.append(torch.where(done, torch.zeros_like(tok_lp), tok_lp))
@@ -56,11 +77,7 @@ def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int,
         out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
                     use_cache=True, **{cache_key: past})
         past, logits, next_pos = getattr(out, cache_key), out.logits[:, -1], next_pos + 1
-    response = torch.stack(tokens, dim=1)
-    # a token is part of the response if no EOS came strictly before it
-    eos_before = torch.cumsum((response == eos_id).long(), dim=1) - (response == eos_id).long()
-    mask = (eos_before == 0).long()
-    return Rollout(prompt_ids, response, mask, torch.stack(logps, dim=1) * mask, ~done)
+    return finish_rollout(prompt_ids, tokens, logps, done, eos_id)
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:

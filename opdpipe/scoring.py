@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from opdpipe import fastlm
 from opdpipe.backends.logprobs import response_logprobs_chunked
 from opdpipe.generation import left_pad
 
@@ -47,6 +48,8 @@ def sequence_logprobs(model, context_ids, response, response_mask, pad_id, chunk
     output head and log-softmax run `chunk` response positions at a time (opdpipe.backends.logprobs)."""
     if chunk:
         lp = response_logprobs_chunked(model, *_layout(context_ids, response, response_mask, pad_id), response, chunk)
+    elif fastlm.supports(model):  # the embedded models: one pass per distinct context (opdpipe.fastlm)
+        lp = fastlm.response_logprobs(model, context_ids, response, response_mask, pad_id)
     else:
         lp = token_logprobs(response_logits(model, context_ids, response, response_mask, pad_id), response)
     return lp * response_mask

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from opdpipe import distributed
+from opdpipe import distributed, fastlm
 from opdpipe.generation import Rollout, sample
 from opdpipe.trainer import RunSpec, _contexts, build_state, learn, validate
 
@@ -55,7 +55,8 @@ def _rank(rank, world_size, port, world, out, hp, batch_file):
     spec = _spec(world, out, world_size=world_size, **hp)
     state = build_state(spec, validate(spec), None, log=lambda m: None, ctx=ctx)
     prompts, roll = _share(*torch.load(batch_file, weights_only=False), rank, world_size)
-    metrics = learn(state, spec.cfg(), prompts, roll)
+    with fastlm.disabled():  # one forward implementation on both sides (DDP's forward is the reference path)
+        metrics = learn(state, spec.cfg(), prompts, roll)
     if ctx.is_main:
         grads = {n: p.grad for n, p in state.student.named_parameters()}
         torch.save({"weights": state.student.state_dict(), "grads": grads, "metrics": metrics}, out / "rank0.pt")
@@ -72,7 +73,8 @@ def test_two_gloo_ranks_take_the_same_step_as_one_process(tiny_world, tmp_path, 
     spec = _spec(tiny_world, tmp_path / "one", **hp)
     state = build_state(spec, validate(spec), None, log=lambda m: None)
     before = {k: v.clone() for k, v in state.student.state_dict().items()}
-    one = learn(state, spec.cfg(), prompts, roll)
+    with fastlm.disabled():  # as on the ranks
+        one = learn(state, spec.cfg(), prompts, roll)
     mp.spawn(_rank, args=(2, _free_port(), tiny_world, tmp_path / "two", hp, tmp_path / "batch.pt"), nprocs=2)
     two = torch.load(tmp_path / "two" / "rank0.pt", weights_only=False)
     moved = max((state.student.state_dict()[k] - before[k]).abs().max().item() for k in before)

@@ -1,0 +1,94 @@
+"""The fast path (opdpipe.fastlm) against the reference transformers path: same sampled tokens for the
+same seed, log-probs and gradients within float rounding, and the models it must leave alone."""
+import pytest
+import torch
+
+from opdpipe import fastlm
+from opdpipe.generation import sample
+from opdpipe.models import build_model
+from opdpipe.scoring import sequence_logprobs, teacher_logprobs
+from opdpipe.tokenizer import build_char_tokenizer
+
+SPEC = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+        "max_position_embeddings": 128}
+
+
+@pytest.fixture(scope="module")
+def world():
+    torch.set_num_threads(1)
+    tok = build_char_tokenizer()
+    student, teacher = build_model(SPEC, tok, 0).eval(), build_model({**SPEC, "hidden_size": 48}, tok, 1).eval()
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, len(tok), (5 + 3 * i,), generator=gen).tolist() for i in range(5)]
+    ctx = [p for p in prompts for _ in range(4)]  # G = 4 rollouts per prompt, prompts of different lengths
+    return tok, student, teacher, ctx
+
+
+def both(fn):
+    fast = fn()
+    with fastlm.disabled():
+        ref = fn()
+    return fast, ref
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_rollouts_draw_the_same_tokens(world, greedy):
+    tok, student, _, ctx = world
+    eos = tok.eos_token_id
+    for _ in range(2):  # then the most frequent token as "EOS", so rows stop at different lengths
+        fast, ref = both(lambda: sample(student, ctx, 24, eos, tok.pad_token_id, greedy=greedy,
+                                        generator=torch.Generator().manual_seed(3)))
+        eos = int(ref.response[:, 1:].flatten().mode().values)
+        assert torch.equal(fast.response, ref.response) and torch.equal(fast.mask, ref.mask)
+        assert torch.equal(fast.truncated, ref.truncated)
+        assert (fast.logprobs - ref.logprobs).abs().max() < 1e-5
+    assert fast.mask.sum(-1).unique().numel() > 1  # the EOS case really ends rows at different lengths
+
+
+def test_scoring_matches_the_reference_with_privileged_contexts(world):
+    tok, student, teacher, ctx = world
+    roll = sample(student, ctx, 20, 7, tok.pad_token_id, generator=torch.Generator().manual_seed(5))
+    t_ctx = [[11, 12, 13] + c for c in ctx]  # the teacher sees more than the student
+    for model, c in ((student, ctx), (teacher, t_ctx)):
+        fast, ref = both(lambda: teacher_logprobs(model, c, roll.response, roll.mask, tok.pad_token_id))
+        assert (fast - ref).abs().max() < 1e-5
+        assert fast[roll.mask == 0].abs().max() == 0
+
+
+def test_gradients_match_the_reference(world):
+    tok, student, _, ctx = world
+    roll = sample(student, ctx, 20, 7, tok.pad_token_id, generator=torch.Generator().manual_seed(6))
+    adv = torch.randn(roll.response.shape, generator=torch.Generator().manual_seed(1))
+
+    def grads():
+        student.zero_grad(set_to_none=True)
+        (sequence_logprobs(student, ctx, roll.response, roll.mask, tok.pad_token_id) * adv).sum().backward()
+        return {n: p.grad.clone() for n, p in student.named_parameters()}
+
+    fast, ref = both(grads)
+    student.zero_grad(set_to_none=True)
+    for name in ref:
+        scale = ref[name].abs().max().clamp_min(1e-12)
+        assert (fast[name] - ref[name]).abs().max() / scale < 1e-5, name
+
+
+def test_distinct_contexts_keep_first_seen_order():
+    uniq, rows = fastlm.distinct([[1, 2], [1, 2], [3], [1, 2], [3]])
+    assert uniq == [[1, 2], [3]] and rows.tolist() == [0, 0, 1, 0, 1]
+
+
+def test_models_it_does_not_cover_take_the_reference_path(world):
+    tok, student, _, _ = world
+    assert fastlm.supports(student)
+    with fastlm.disabled():
+        assert not fastlm.supports(student)
+    gqa = build_model(SPEC, tok, 0)
+    gqa.config.num_key_value_heads = 2
+    assert not fastlm.supports(gqa)
+    wrapped = torch.nn.Module()
+    wrapped.module = student  # e.g. a DDP wrapper: its forward must run, for the gradient all-reduce
+    assert not fastlm.supports(wrapped)
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    qwen = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2, head_dim=16))
+    assert not fastlm.supports(qwen)

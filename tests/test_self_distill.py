@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from opdpipe import self_distill, trainer
+from opdpipe import fastlm, self_distill, trainer
 from opdpipe.config import ConfigError, validate
 from opdpipe.data import read_jsonl
 from opdpipe.tokenizer import load_tokenizer
@@ -26,23 +26,42 @@ def group_data(tiny_world, tmp_path_factory):
     return out
 
 
-def _ids_seen(model, calls: list) -> None:
-    """Record the real token ids (left padding dropped) of every multi-token forward pass of `model`."""
-    def hook(_module, args, kwargs):
-        ids, attn = kwargs["input_ids"], kwargs["attention_mask"]
-        if ids.shape[1] > 1:  # a context (the KV-cache steps feed one sampled token at a time)
-            calls.extend(row[m.bool()].tolist() for row, m in zip(ids, attn))
-    model.register_forward_pre_hook(hook, with_kwargs=True)
+def _forward_hooks(state, seen: dict) -> None:
+    """Reference path: the real token ids (left padding dropped) of every multi-token forward pass."""
+    for role in ("teacher", "student"):
+        def hook(_module, args, kwargs, role=role):
+            ids, attn = kwargs["input_ids"], kwargs["attention_mask"]
+            if ids.shape[1] > 1:  # a context (the KV-cache steps feed one sampled token at a time)
+                seen[role].extend(row[m.bool()].tolist() for row, m in zip(ids, attn))
+        getattr(state, role).register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _fast_path_calls(state, seen: dict, monkeypatch) -> None:
+    """Fast path (opdpipe.fastlm): the contexts (+ responses) each model's sampling and scoring get."""
+    sample, logprobs = fastlm.sample, fastlm.response_logprobs
+    role = lambda model: "teacher" if model is state.teacher else "student"  # noqa: E731
+
+    def rec_sample(model, prompt_ids, *a, **k):
+        seen[role(model)].extend(list(p) for p in prompt_ids)
+        return sample(model, prompt_ids, *a, **k)
+
+    def rec_logprobs(model, contexts, response, mask, *a, **k):
+        seen[role(model)].extend(list(c) + r[m.bool()].tolist() for c, r, m in zip(contexts, response, mask))
+        return logprobs(model, contexts, response, mask, *a, **k)
+    monkeypatch.setattr(fastlm, "sample", rec_sample)
+    monkeypatch.setattr(fastlm, "response_logprobs", rec_logprobs)
 
 
 def _contains(seq: list[int], sub: list[int]) -> bool:
     return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
 
 
-def test_the_hint_reaches_the_teacher_and_never_the_student(tiny_world, group_data, tmp_path):
+@pytest.mark.parametrize("path", ["fast", "reference"])
+def test_the_hint_reaches_the_teacher_and_never_the_student(tiny_world, group_data, tmp_path, monkeypatch, path):
     """One OPSD step from the group's data, the student checkpoint its own teacher: every context the
     teacher scores starts with the privileged prompt's ids; every context the student reads (rollout
-    sampling and the update pass) starts with the plain prompt's ids and holds no hint id sequence."""
+    sampling and the update pass) starts with the plain prompt's ids and holds no hint id sequence.
+    Both model paths: the embedded fast path (opdpipe.fastlm) and the transformers forward."""
     spec = trainer.RunSpec(task="math", divergence="reverse_kl", design="opd_plus", seed=0,
                            student=str(tiny_world / "student"), teacher=str(tiny_world / "student"),
                            data_dir=str(group_data), out_dir=str(tmp_path / "run"),
@@ -50,10 +69,15 @@ def test_the_hint_reaches_the_teacher_and_never_the_student(tiny_world, group_da
                                     "eval_size": 4, "bias_every": 0})
     cfg = trainer.validate(spec)
     state = trainer.build_state(spec, cfg, None, log=lambda *a: None)
-    seen_teacher, seen_student = [], []
-    _ids_seen(state.teacher, seen_teacher)
-    _ids_seen(state.student, seen_student)
-    trainer.train_step(state, cfg)
+    seen = {"teacher": [], "student": []}
+    if path == "fast":
+        assert fastlm.supports(state.student)
+        _fast_path_calls(state, seen, monkeypatch)
+        trainer.train_step(state, cfg)
+    else:
+        _forward_hooks(state, seen)
+        with fastlm.disabled():
+            trainer.train_step(state, cfg)
 
     tok = load_tokenizer(tiny_world / "tokenizer")
     train = read_jsonl(group_data / "train.jsonl")
@@ -61,10 +85,10 @@ def test_the_hint_reaches_the_teacher_and_never_the_student(tiny_world, group_da
     hinted = [tok(e["teacher_prompt"])["input_ids"] for e in train]
     marker = tok(self_distill.HINT.split("{")[0])["input_ids"]  # "Reference solution: "
     assert hinted[0] == tok(self_distill.privileged_prompt(train[0]))["input_ids"] and _contains(hinted[0], marker)
-    assert len(seen_teacher) == 8 and len(seen_student) == 16  # teacher scoring; student sampling + update pass
-    for ids in seen_teacher:
+    assert len(seen["teacher"]) == 8 and len(seen["student"]) == 16  # teacher scoring; student sampling + update
+    for ids in seen["teacher"]:
         assert any(ids[:len(h)] == h for h in hinted), ids
-    for ids in seen_student:
+    for ids in seen["student"]:
         assert any(ids[:len(p)] == p for p in plain), ids
         assert not _contains(ids, marker), ids
     s_ctx, t_ctx = state.last_batch[:2]  # the trainer's own record agrees, row by row

@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.cmd == "validate":
         cfg = _load(args.config)
-        print(f"{args.config}: valid ({len(cfg['tasks'])} tasks, {len(cfg['variants'])} variants, "
+        group = f" + self-distillation on {cfg['self_distillation']['source']}" if cfg.get("self_distillation") else ""
+        print(f"{args.config}: valid ({len(cfg['tasks'])} tasks{group}, {len(cfg['variants'])} variants, "
               f"{len(cfg['seeds'])} seeds)")
     elif args.cmd == "train":
         _train(args)

@@ -27,7 +27,8 @@ from opdpipe.provenance import atomic_write_json, atomic_write_text, provenance,
 
 GROUP = "opsd"  # the group's name in paths, MLflow tags and the report
 SOURCES = ("math",)  # tasks whose examples carry a worked reference solution (`target`)
-HINT = "Reference solution: {solution}\n"  # put before the problem: the tokens right before the response match the student's
+# before the problem, so that the tokens right before the response are the student's own prompt
+HINT = "Reference solution: {solution}\n"
 SPLITS = ("train", "validation", "test")
 
 
@@ -145,7 +146,8 @@ def prepare_data(spec: dict, source_dir: str | Path, out_dir: str | Path, hint_t
         rows = [with_hint(e) for e in load_split(source_dir, split, log)]
         manifest["splits"][split] = {"count": len(rows), "sha256": _write_jsonl(out / f"{split}.jsonl", rows)}
         if split == "test":
-            manifest["hint_test"] = {"count": len(rows), "sha256": _write_jsonl(Path(hint_test), hint_test_records(rows))}
+            sha = _write_jsonl(Path(hint_test), hint_test_records(rows))
+            manifest["hint_test"] = {"count": len(rows), "sha256": sha}
     atomic_write_json(out / "manifest.json", manifest)
     log(f"{GROUP}: {manifest['splits']['train']['count']} training prompts from {spec['source']}, each with a "
         "privileged teacher prompt")

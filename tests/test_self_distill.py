@@ -1,9 +1,7 @@
 """On-policy self-distillation (OPSD): the privileged context reaches the teacher and never the student,
-the group's SFT examples and config refusals, and a DAG with no teacher stage for the group."""
+the group's data and SFT examples, and config refusals. The DAG without a teacher stage for the group
+is checked on the smoke study (tests/test_workflow.py)."""
 import copy
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -142,38 +140,3 @@ def test_the_group_takes_its_source_budget_and_its_own_opd_block():
     assert hp["max_new_tokens"] == cfg["tasks"]["math"]["max_new_tokens"] and hp["steps"] == 2
     assert opd_hparams(cfg, "math", "reverse_kl-opd_plus")["steps"] == cfg["opd"]["steps"] == 4
     assert self_distill.study_tasks(cfg) == ["math", "tooluse", "opsd"]
-
-
-def _dry_run(tmp_path: Path, config: Path) -> str:
-    r = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "-n",
-                        "--directory", str(tmp_path), "--configfile", str(config)], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    return r.stdout + r.stderr
-
-
-def _jobs(out: str) -> list[dict]:
-    """The dry run's jobs: rule, input, output and wildcards of each."""
-    jobs = []
-    for block in out.split("\nrule ")[1:]:
-        job = {"rule": block.split(":")[0].strip()}
-        for line in block.splitlines()[1:]:
-            key, _, value = line.strip().partition(": ")
-            if key in ("input", "output", "wildcards"):
-                job[key] = value
-        jobs.append(job)
-    return jobs
-
-
-def test_the_dag_has_no_teacher_job_for_the_group(tmp_path):
-    jobs = _jobs(_dry_run(tmp_path, ROOT / "configs" / "smoke.yaml"))
-    teachers = [j["wildcards"] for j in jobs if j["rule"] == "teacher"]
-    assert sorted(teachers) == ["task=math", "task=tooluse"]
-    group_trains = [j for j in jobs if j["rule"] == "train" and "task=opsd" in j["wildcards"]]
-    assert len(group_trains) == 3 * 2  # the same variants and seeds as every task
-    for j in group_trains:
-        assert "results/smoke/opsd/sft_init/checkpoint" in j["input"] and "/teacher/" not in j["input"], j
-    sft = next(j for j in jobs if j["rule"] == "sft_init" and j["wildcards"] == "task=opsd")
-    assert "results/smoke/data/opsd/sft.jsonl" in sft["input"]
-    ref = next(j for j in jobs if j["rule"] == "evaluate_reference" and j["wildcards"] == "task=opsd, ref=teacher")
-    assert "results/smoke/opsd/sft_init/checkpoint" in ref["input"] and "data/opsd/test_hint.jsonl" in ref["input"]

@@ -55,9 +55,20 @@ def test_smoke_dag_produces_the_report(smoke):
         assert (rep / "figures" / f"{fig}.png").stat().st_size > 1000
 
 
+def test_the_dag_has_no_teacher_job_for_the_self_distillation_group(smoke):
+    """Every teacher job writes its log and benchmark: only the two tasks have one; the group's runs are
+    taught by its SFT-init, and its SFT-init learns from its own examples (a share with the hint)."""
+    res = smoke / "results" / "smoke"
+    assert sorted(p.name for p in (res / "benchmarks" / "teacher").iterdir()) == ["math.tsv", "tooluse.tsv"]
+    assert sorted(p.name for p in (res / "logs" / "teacher").iterdir()) == ["math.log", "tooluse.log"]
+    assert not (res / "opsd" / "teacher" / "checkpoint").exists()
+    sft = json.loads((res / "opsd" / "sft_init" / "manifest.json").read_text())
+    examples = [json.loads(x) for x in (res / "data" / "opsd" / "sft.jsonl").read_text().splitlines()]
+    assert sft["num_examples"] == len(examples) and sum(e["hint"] for e in examples) == len(examples) // 2
+
+
 def test_the_self_teacher_is_the_groups_sft_init_given_the_reference_solution(smoke):
     res = smoke / "results" / "smoke"
-    assert not (res / "opsd" / "teacher").joinpath("checkpoint").exists()  # no teacher stage for the group
     hint, plain = (json.loads((res / "opsd" / r / "eval.json").read_text()) for r in ("teacher", "sft_init"))
     assert hint["checkpoint"] == plain["checkpoint"] == "results/smoke/opsd/sft_init/checkpoint"
     assert all(s["prompt"].startswith("Reference solution: ") for s in hint["samples"])

@@ -5,7 +5,7 @@ that sacct lists as COMPLETED, and every result (weights, metrics, lm-eval numbe
 local `--cores` run of the same config (the one `make test` leaves in $OPDPIPE_SMOKE_DIR, or a
 fresh one). A 2-rank training run (torchrun inside one job) is submitted too. The self-distillation
 group is left out here (its jobs are the same rules with other inputs; `make test` runs them): it
-would add 16 sbatch jobs to CI's time and show nothing new about SLURM.
+would add 14 sbatch jobs to CI's time and show nothing new about SLURM.
 """
 import hashlib
 import json

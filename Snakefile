@@ -21,6 +21,9 @@ wildcard_constraints:
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/teacher.smk"
+if GROUPS:  # on-policy self-distillation: the group's data and SFT examples (no teacher stage)
+
+    include: "workflow/rules/self_distill.smk"
 include: "workflow/rules/track.smk"  # the store is created before the training jobs that log to it
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"

@@ -24,22 +24,23 @@ from opdpipe.layout import Layout
 
 
 def _train(args) -> None:
-    from opdpipe import trainer
+    from opdpipe import self_distill, trainer
     from opdpipe.backends.study import backend_block
     from opdpipe.config import load, opd_hparams, variants
 
     cfg = load(args.config)
-    vs = variants(cfg)
+    vs, tasks = variants(cfg), self_distill.study_tasks(cfg)
     if args.variant not in vs:
         sys.exit(f"--variant {args.variant!r} is not in {args.config}; known: {', '.join(vs)}")
-    if args.task not in cfg["tasks"]:
-        sys.exit(f"--task {args.task!r} is not in {args.config}; known: {', '.join(cfg['tasks'])}")
+    if args.task not in tasks:
+        sys.exit(f"--task {args.task!r} is not in {args.config}; known: {', '.join(tasks)}")
     lay = Layout.for_study(cfg["study"])
     out = args.out or lay.run_dir(args.task, args.variant, args.seed)
-    spec = trainer.RunSpec(args.task, vs[args.variant]["divergence"], vs[args.variant]["design"], args.seed,
-                           lay.checkpoint(args.task, "sft_init"), lay.checkpoint(args.task, "teacher"),
+    spec = trainer.RunSpec(self_distill.source_task(cfg, args.task), vs[args.variant]["divergence"],
+                           vs[args.variant]["design"], args.seed, lay.checkpoint(args.task, "sft_init"),
+                           lay.checkpoint(args.task, self_distill.teacher_row(args.task)),  # OPSD: the SFT-init
                            lay.data_dir(args.task), str(out), opd_hparams(cfg, args.task, args.variant),
-                           backend_block(cfg))
+                           backend_block(self_distill.models_of(cfg, args.task)))
     summary = trainer.run(spec)
     print(json.dumps(summary["final"], indent=1))
 
@@ -66,8 +67,10 @@ def _where(args) -> None:
     else:  # run: the summary.json of one task / variant / seed, which `make variant` forces
         from opdpipe.config import variants
 
-        if args.task not in cfg["tasks"]:
-            sys.exit(f"TASK={args.task!r} is not a task of {args.config}; allowed: {', '.join(cfg['tasks'])}")
+        from opdpipe.self_distill import study_tasks
+
+        if args.task not in study_tasks(cfg):
+            sys.exit(f"TASK={args.task!r} is not a task of {args.config}; allowed: {', '.join(study_tasks(cfg))}")
         if args.variant not in variants(cfg):
             sys.exit(f"VARIANT={args.variant!r} is not a variant of {args.config}; allowed: {', '.join(variants(cfg))}")
         if not args.seed.isdigit() or int(args.seed) not in cfg["seeds"]:
@@ -136,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.cmd == "validate":
         cfg = _load(args.config)
-        print(f"{args.config}: valid ({len(cfg['tasks'])} tasks, {len(cfg['variants'])} variants, "
+        group = f" + self-distillation on {cfg['self_distillation']['source']}" if cfg.get("self_distillation") else ""
+        print(f"{args.config}: valid ({len(cfg['tasks'])} tasks{group}, {len(cfg['variants'])} variants, "
               f"{len(cfg['seeds'])} seeds)")
     elif args.cmd == "train":
         _train(args)

@@ -12,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from opdpipe import custom_divergences, resources
+from opdpipe import custom_divergences, resources, self_distill
 from opdpipe.advantages import ADVANTAGES
 from opdpipe.backends.study import check_study, is_pretrained_study
 from opdpipe.data import check_spec
@@ -66,6 +66,8 @@ def validate(config: dict) -> dict:
     try:
         check_name("study", cfg["study"], STUDY_PATTERN)
         _check_tasks(cfg)
+        if self_distill.enabled(cfg):
+            self_distill.check(cfg)  # the self-distillation group: its source task, its own student
         _check_models(cfg)
         _check_variants(cfg)
     except ValueError as err:
@@ -98,7 +100,11 @@ def _check_models(cfg: dict) -> None:
         raise ValueError("teacher: a model built here needs a 'train' block")
 
 
-def _positions(cfg: dict) -> dict[str, int]:
+def _positions(cfg: dict, task: str) -> dict[str, int]:
+    """Positions of the models a task's runs use (the self-distillation group: its student, twice)."""
+    if task == self_distill.GROUP:
+        student = self_distill.student_block(cfg, task)
+        return {"student": student["model"]["max_position_embeddings"]} if "model" in student else {}
     return {role: cfg[role]["model"]["max_position_embeddings"] for role in ("teacher", "student")
             if "model" in cfg[role]}
 
@@ -126,7 +132,7 @@ def _check_variants(cfg: dict) -> None:
             raise ValueError(f"variants.{i}: variant id {vid!r} is used twice or reserved "
                              f"({', '.join(REFERENCES)}); give it a distinct 'name'")
         seen.add(vid)
-        for task in cfg["tasks"]:
+        for task in self_distill.study_tasks(cfg):
             _check_hparams(cfg, task, vid, div, f"variants.{i} ({vid}) on task {task}")
 
 
@@ -143,7 +149,7 @@ def _check_hparams(cfg: dict, task: str, vid: str, div, where: str) -> None:
     if world > 1 and is_pretrained_study(cfg):
         raise ValueError(f"opd.world_size / resources.train.gpus = {world} ({where}): data-parallel training is "
                          "wired for the embedded models only; a pretrained run uses one device (allowed: 1)")
-    for role, n_pos in _positions(cfg).items():
+    for role, n_pos in _positions(cfg, task).items():
         if hp["max_new_tokens"] >= n_pos:
             raise ValueError(f"max_new_tokens = {hp['max_new_tokens']} ({where}): the {role} model has only "
                              f"{n_pos} positions ({role}.model.max_position_embeddings) for prompt and response; "
@@ -205,6 +211,6 @@ def teacher_config(cfg: dict, task: str) -> dict:
 
 def opd_hparams(cfg: dict, task: str, vid: str) -> dict:
     """Trainer hyperparameters of one variant: study opd block, then the task's, then the variant's."""
-    v = variants(cfg)[vid]
-    hp = {"threads": cfg["threads"], "max_new_tokens": cfg["tasks"][task]["max_new_tokens"]}
-    return {**hp, **cfg.get("opd", {}), **cfg["tasks"][task].get("opd", {}), **v.get("opd", {})}
+    v, block = variants(cfg)[vid], self_distill.task_block(cfg, task)  # a task, or the self-distillation group
+    hp = {"threads": cfg["threads"], "max_new_tokens": block["max_new_tokens"]}
+    return {**hp, **cfg.get("opd", {}), **block.get("opd", {}), **v.get("opd", {})}

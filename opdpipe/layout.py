@@ -6,6 +6,7 @@ lives, so the layout has one owner. Arguments may be real values or Snakemake wi
 
     results/<study>/
       data/<task>/{train,validation,test}.jsonl, manifest.json
+      data/opsd/{test_hint,sft}.jsonl               the self-distillation group (opdpipe.self_distill)
       hub/{teacher,student}/, hub/manifest.json     (a study with a mini_pair block)
       tokenizer/tokenizer.json
       <task>/{teacher,sft_init}/{checkpoint/, manifest.json, eval.json}
@@ -60,6 +61,14 @@ class Layout:
 
     def data_file(self, task, split) -> str:
         return self.path("data", task, f"{split}.jsonl")
+
+    def hint_test_file(self, group) -> str:
+        """A self-distillation group's test split with the privileged prompt (the self-teacher's row)."""
+        return self.path("data", group, "test_hint.jsonl")
+
+    def sft_examples_file(self, group) -> str:
+        """A self-distillation group's SFT-init examples (teacher completions, a share with the hint)."""
+        return self.path("data", group, "sft.jsonl")
 
     def hub_dir(self, role) -> str:
         """A model built here in hub-snapshot layout (the mini pair's teacher / student)."""

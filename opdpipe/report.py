@@ -57,10 +57,11 @@ def collect(rows: list[dict], variants: dict[str, dict], which: str = "eval") ->
     return pd.DataFrame(out)
 
 
-def main_table(df: pd.DataFrame, tasks: list[str]) -> tuple[pd.DataFrame, dict]:
+def main_table(df: pd.DataFrame, tasks: list[str], labels: dict | None = None) -> tuple[pd.DataFrame, dict]:
     """Rows teacher, SFT-init, variants; per task avg@k mean ± 95% CI and greedy (and the chosen steps per
-    seed, for best-by-validation checkpoints); collapse flags."""
-    out, collapsed = [], {}
+    seed, for best-by-validation checkpoints); collapse flags.
+    labels: a column group's heading where it is not the task's name (the self-distillation group)."""
+    out, collapsed, labels = [], {}, labels or {}
     order = ["teacher", "sft_init"] + [v for v in dict.fromkeys(df["variant"]) if v not in ("teacher", "sft_init")]
     for vid in order:
         row = {"variant": vid}
@@ -73,12 +74,30 @@ def main_table(df: pd.DataFrame, tasks: list[str]) -> tuple[pd.DataFrame, dict]:
                 m, h = mean_ci(list(sub["avg_at_k"]))
             flag = vid not in ("teacher", "sft_init") and is_collapsed(m, base)
             collapsed[(task, vid)] = flag
-            row[f"{task} avg@k"] = _fmt(m, h) + (" (collapsed)" if flag else "")
-            row[f"{task} greedy"] = f"{100 * sub['greedy'].mean():.1f}"
+            name = labels.get(task, task)
+            row[f"{name} avg@k"] = _fmt(m, h) + (" (collapsed)" if flag else "")
+            row[f"{name} greedy"] = f"{100 * sub['greedy'].mean():.1f}"
             if sub["best_step"].notna().any():
-                row[f"{task} best step"] = ", ".join(str(int(x)) for x in sub["best_step"])
+                row[f"{name} best step"] = ", ".join(str(int(x)) for x in sub["best_step"])
         out.append(row)
     return pd.DataFrame(out).fillna(""), collapsed
+
+
+def self_teacher_table(df: pd.DataFrame, groups: dict[str, str]) -> pd.DataFrame:
+    """Per self-distillation group: the self-teacher with the reference solution in its prompt (the
+    group's teacher row) and without it (its SFT-init row), avg@k ± 1.96 stderr and greedy; the gap is
+    the headroom self-distillation can close."""
+    out = []
+    for group, source in groups.items():
+        sub = df[df.task == group].set_index("variant")
+        hint, plain = sub.loc["teacher"], sub.loc["sft_init"]
+        for what, r in (("with the reference solution (self-teacher)", hint), ("without it (SFT-init)", plain)):
+            out.append({"group": f"{group} ({source})", "SFT-init checkpoint": what,
+                        "avg@k": _fmt(r["avg_at_k"], 1.96 * r["avg_se"]), "greedy": f"{100 * r['greedy']:.1f}"})
+        out.append({"group": f"{group} ({source})", "SFT-init checkpoint": "gap (headroom)",
+                    "avg@k": f"{100 * (hint['avg_at_k'] - plain['avg_at_k']):+.1f}",
+                    "greedy": f"{100 * (hint['greedy'] - plain['greedy']):+.1f}"})
+    return pd.DataFrame(out)
 
 
 def benchmark_table(bench_rows: list[dict]) -> pd.DataFrame:
@@ -174,8 +193,10 @@ def run(settings: dict, rows: list[dict], runs_json: str | Path, benchmarks: str
     (out / "figures").mkdir(parents=True, exist_ok=True)
     tasks, seeds, variants = settings["tasks"], settings["seeds"], settings["variants"]
     df = collect(rows, variants, "eval_best")  # the paper's way: each run's best checkpoint by validation avg@k
-    table, collapsed = main_table(df, tasks)
-    final, final_collapsed = main_table(collect(rows, variants, "eval"), tasks)
+    groups = settings.get("self_distillation", {})  # {group: source task}
+    labels = {g: f"self-distillation ({src})" for g, src in groups.items()}
+    table, collapsed = main_table(df, tasks, labels)
+    final, final_collapsed = main_table(collect(rows, variants, "eval"), tasks, labels)
     bench = benchmark_table(bench_rows or [])
     for name, (key, ylabel, title, smooth) in FIGS.items():
         figure_curves(rows, tasks, variants, key, ylabel, out / "figures" / f"{name}.png", title, smooth)
@@ -196,6 +217,12 @@ def run(settings: dict, rows: list[dict], runs_json: str | Path, benchmarks: str
          "per seed, the task's OPD-vs-OPD+ curves and compare page."),
         (f"Final checkpoints (avg@{k} %, mean ± 95% CI over {len(seeds)} seed(s); greedy %)", final,
          "The same runs at their last step (final/)."),
+        *([("Self-teacher with and without the privileged context (avg@k %, ± 1.96 stderr; greedy %)",
+            self_teacher_table(df, groups),
+            "Self-distillation (OPSD): the teacher is the group's own SFT-init checkpoint, frozen, given the "
+            "reference solution in its prompt; the student never sees it. In the main table the group's teacher "
+            "row is that self-teacher, evaluated with the reference solution in the test prompts.")]
+          if groups else []),
         *([("Math benchmarks (avg@k %, mean ± 95% CI over seeds; greedy %; graded by math-verify)", bench, "")]
           if len(bench) else []),
         ("Training curves", ["curves", "greedy", "sampled"],

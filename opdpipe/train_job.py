@@ -4,7 +4,8 @@ The job runs in the workflow's interpreter, except with `rollout.backend: vllm` 
 cannot import vllm: then it runs, unchanged, in the vLLM extra's interpreter
 (opdpipe.backends.vllm_env), as `python -m opdpipe.train_job <job.json>`, writing to the same log.
 
-    job = {"spec": asdict(RunSpec), "variant": id, "study": name, "tracking_uri": uri}
+    job = {"spec": asdict(RunSpec), "variant": id, "study": name, "tracking_uri": uri,
+           "task": the study's task or self-distillation group (default spec.task)}
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def run_job(job: dict, log=print) -> None:
     if importlib.util.find_spec("mlflow") is not None:
         from opdpipe import tracking
 
-        live = tracking.LiveRun(job["tracking_uri"], job["study"], spec.task, job["variant"], spec.seed, log=log)
+        live = tracking.LiveRun(job["tracking_uri"], job["study"], job.get("task", spec.task), job["variant"],
+                                spec.seed, log=log)
     else:
         log(f"mlflow is not installed in {sys.executable}: no live logging; the track rule logs the steps")
     try:

@@ -50,6 +50,9 @@ def test_smoke_dag_produces_the_report(smoke):
         assert f"(http://127.0.0.1:5000/{runs['links']['run/' + r['run_name']]})" in md
         assert f"<a href='http://127.0.0.1:5000/{runs['links']['run/' + r['run_name']]}'>" in html
     assert md.count(runs["links"]["curves/math"]) == 5  # one per row: teacher, SFT-init, three variants
+    assert md.count(runs["links"]["curves/opsd"]) == 5  # the self-distillation group's too
+    assert "self-distillation (math) avg@k" in md and "## Self-teacher with and without the privileged" in md
+    assert "| opsd (math) | gap (headroom)" in md
     for fig in FIGURES:
         assert (rep / "figures" / f"{fig}.png").stat().st_size > 1000
 
@@ -81,21 +84,46 @@ def test_best_and_final_checkpoints_are_both_evaluated_and_reported(smoke):
         assert _fmt(*mean_ci(final_avg)) in row, row
 
 
+
+def test_the_dag_has_no_teacher_job_for_the_self_distillation_group(smoke):
+    """Every teacher job writes its log and benchmark: only the two tasks have one; the group's runs are
+    taught by its SFT-init, and its SFT-init learns from its own examples (a share with the hint)."""
+    res = smoke / "results" / "smoke"
+    assert sorted(p.name for p in (res / "benchmarks" / "teacher").iterdir()) == ["math.tsv", "tooluse.tsv"]
+    assert sorted(p.name for p in (res / "logs" / "teacher").iterdir()) == ["math.log", "tooluse.log"]
+    assert not (res / "opsd" / "teacher" / "checkpoint").exists()
+    sft = json.loads((res / "opsd" / "sft_init" / "manifest.json").read_text())
+    examples = [json.loads(x) for x in (res / "data" / "opsd" / "sft.jsonl").read_text().splitlines()]
+    assert sft["num_examples"] == len(examples) and sum(e["hint"] for e in examples) == len(examples) // 2
+
+
+def test_the_self_teacher_is_the_groups_sft_init_given_the_reference_solution(smoke):
+    res = smoke / "results" / "smoke"
+    hint, plain = (json.loads((res / "opsd" / r / "eval.json").read_text()) for r in ("teacher", "sft_init"))
+    assert hint["checkpoint"] == plain["checkpoint"] == "results/smoke/opsd/sft_init/checkpoint"
+    assert all(s["prompt"].startswith("Reference solution: ") for s in hint["samples"])
+    assert not any("Reference solution" in s["prompt"] for s in plain["samples"])
+    summary = json.loads((res / "opsd" / "reverse_kl-opd_plus" / "seed0" / "summary.json").read_text())
+    assert summary["spec"]["teacher"] == summary["spec"]["student"] == "results/smoke/opsd/sft_init/checkpoint"
+    assert summary["steps"] == 2 and summary["task"] == "math"  # graded as math; the group's own opd block
+
+
 def test_every_run_is_tracked_once_in_mlflow(smoke):
     runs = json.loads((smoke / "results" / "smoke" / "tracking" / "runs.json").read_text())["runs"]
     names = [r["run_name"] for r in runs]
-    assert len(names) == len(set(names)) == 2 * 2 + 2 * 3 * 2  # references + task x variant x seed
+    assert len(names) == len(set(names)) == 3 * 2 + 3 * 3 * 2  # references + (task or group) x variant x seed
+    assert {r["task"] for r in runs} == {"math", "tooluse", "opsd"}
     assert all(r["status"] == "FINISHED" and r["avg_at_k"] is not None for r in runs)
     db = sqlite3.connect(smoke / "results" / "smoke" / "mlflow.db")
     steps = db.execute("select count(distinct step) from metrics where key = 'loss'").fetchone()[0]
-    assert steps == 4  # the curves made it into the store
+    assert steps == 4  # the curves made it into the store (the group's runs take 2 steps)
     study = db.execute("select status, lifecycle_stage from runs where name = 'smoke'").fetchall()
     assert study == [("FINISHED", "active")]  # the study's parent run is closed once all rows are in
     tags = dict(db.execute("select key, value from experiment_tags").fetchall())
     assert tags["mlflow.experimentKind"] == "custom_model_development" and "mlflow.sharedViewState.opdpipe-by_variant" in tags
     per_run = db.execute("select count(*) from tags where key = 'collapsed'").fetchone()[0]
     bias = db.execute("select count(distinct run_uuid) from latest_metrics where key = 'bias_summary/cos_expected_mean'").fetchone()[0]
-    assert (per_run, bias) == (len(runs), 2 * 3 * 2)  # every row flagged; every trained run has its bias summary
+    assert (per_run, bias) == (len(runs), 3 * 3 * 2)  # every row flagged; every trained run has its bias summary
     logged = json.loads((smoke / "results" / "smoke" / "tracking" / "report_artifacts.json").read_text())["artifacts"]
     assert logged == ["report/figures", "report/report.html", "report/report.md"]  # the report on the parent run
 
@@ -128,8 +156,8 @@ def test_complete_study_schedules_nothing_and_one_edit_reruns_one_variant(smoke)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-2000:]
     counts = _rule_counts(out)
-    assert counts == {"train": 4, "evaluate_variant": 2, "track": 1, "report": 1, "track_report": 1, "all": 1,
-                      "total": 10}, out
+    assert counts == {"train": 6, "evaluate_variant": 3, "track": 1, "report": 1, "track_report": 1, "all": 1,
+                      "total": 13}, out
 
 
 def _rule_counts(out: str) -> dict:
@@ -143,7 +171,7 @@ def test_a_student_edit_does_not_retrain_the_teacher(smoke):
     (smoke / "configs" / "student.yaml").write_text(yaml.safe_dump(cfg))
     r = _smk(smoke, "-n", "--cores", "2", "--quiet", "rules", config="configs/student.yaml")
     counts = _rule_counts(r.stdout + r.stderr)
-    assert r.returncode == 0 and counts["sft_init"] == 2 and "teacher" not in counts, r.stdout[-2000:]
+    assert r.returncode == 0 and counts["sft_init"] == 3 and "teacher" not in counts, r.stdout[-2000:]
 
 
 def test_outputs_deleted_by_a_killed_forced_rerun_are_made_again(smoke, tmp_path):

@@ -4,7 +4,7 @@ import os
 import sys
 
 from opdpipe import resources as cluster
-from opdpipe import tracking
+from opdpipe import self_distill, tracking
 from opdpipe.config import opd_hparams, teacher_config, variants
 from opdpipe.layout import FIGURES, REFERENCES, Layout
 from opdpipe.provenance import config_hash
@@ -14,7 +14,9 @@ STUDY = config["study"]
 L = Layout.for_study(STUDY)
 RESULTS = L.root
 PY = sys.executable
-TASKS = list(config["tasks"])
+SOURCE_TASKS = list(config["tasks"])  # the tasks with their own data and teacher stages
+TASKS = self_distill.study_tasks(config)  # the study's column groups: the tasks, then the OPSD group if any
+GROUPS = [self_distill.GROUP] if self_distill.enabled(config) else []  # self-distillation: no teacher stage
 VARIANTS = list(variants(config))
 SEEDS = config["seeds"]
 VARIANT_TABLE = {vid: {"divergence": v["divergence"], "design": v["design"]} for vid, v in variants(config).items()}
@@ -28,7 +30,7 @@ if workflow.is_main_process and not TRACKING_URI:
     tracking.set_aside_damaged(L.mlflow_db(), log=lambda m: print(m, file=sys.stderr))
     if not os.path.exists(L.mlflow_db()) and os.path.exists(L.tracking_file("runs.json")):
         os.remove(L.tracking_file("runs.json"))
-BENCHES = {t: sorted(config["tasks"][t].get("benchmarks", {})) for t in TASKS}  # math test sets per task
+BENCHES = {t: sorted(self_distill.task_block(config, t).get("benchmarks", {})) for t in TASKS}  # math test sets
 
 
 # ---------------------------------------------------------------- per-job values
@@ -38,11 +40,11 @@ def task_spec(w):
 
 
 def benchmark_source(w):
-    return config["tasks"][w.task]["benchmarks"][w.bench]
+    return self_distill.task_block(config, w.task)["benchmarks"][w.bench]
 
 
 def max_new_tokens(w):
-    return config["tasks"][w.task]["max_new_tokens"]
+    return self_distill.task_block(config, w.task)["max_new_tokens"]
 
 
 def hparams(w):
@@ -98,7 +100,8 @@ def run_dir(w):
 
 
 def reference_checkpoint(w):
-    return [L.checkpoint(w.task, w.ref)]
+    """A reference row's checkpoint; a group's self-teacher is its SFT-init (evaluated with the hint)."""
+    return [L.checkpoint(w.task, "sft_init" if w.task in GROUPS else w.ref)]
 
 
 def variant_checkpoints(w):
@@ -118,14 +121,19 @@ def variant_labels(w):
 
 
 def reference_label(w):
-    return [w.ref]
+    return ["self-teacher: sft_init with the reference solution" if w.task in GROUPS and w.ref == "teacher" else w.ref]
 
 
 # ---------------------------------------------------------------- the study's rows
+def reference_manifest(task, ref):
+    """What made a reference row; the self-teacher of a group is its SFT-init checkpoint (no stage of its own)."""
+    return L.path(task, "sft_init" if task in GROUPS else ref, "manifest.json")
+
+
 def study_rows():
     """Every row of the study with the files that describe it: references first, then the runs."""
     rows = [{"task": t, "variant": r, "seed": None, "eval": L.eval_file(t, r),
-             "manifest": L.path(t, r, "manifest.json")} for t in TASKS for r in REFERENCES]
+             "manifest": reference_manifest(t, r)} for t in TASKS for r in REFERENCES]
     rows += [{"task": t, "variant": v, "seed": s, "eval": L.eval_file(t, v, s), "eval_best": L.eval_best_file(t, v, s),
               "summary": L.run_file(t, v, s, "summary.json"), "metrics": L.run_file(t, v, s, "metrics.jsonl")}
              for t in TASKS for v in VARIANTS for s in SEEDS]
@@ -155,11 +163,14 @@ def all_hparams():
 
 def world_block():
     """The world every reference row was built from (logged as MLflow params)."""
-    return {k: config[k] for k in ("seed", "tasks", "teacher", "student", "eval")}
+    keys = ("seed", "tasks", "teacher", "student", "eval") + (("self_distillation",) if GROUPS else ())
+    return {k: config[k] for k in keys}
 
 
 def report_settings():
-    return {"study": STUDY, "tasks": TASKS, "seeds": SEEDS, "variants": VARIANT_TABLE}
+    groups = {g: config["self_distillation"]["source"] for g in GROUPS}  # the report's Self-Distillation columns
+    return {"study": STUDY, "tasks": TASKS, "seeds": SEEDS, "variants": VARIANT_TABLE,
+            **({"self_distillation": groups} if groups else {})}
 
 
 # ---------------------------------------------------------------- math benchmarks (AIME24, ...)
@@ -167,7 +178,8 @@ def benchmark_rows():
     """One line per (row of the study, benchmark its task names), with the eval file it reads."""
     return [{"task": r["task"], "variant": r["variant"], "seed": r["seed"], "bench": b,
              "eval": L.bench_eval_file(r["task"], r["variant"], b, r["seed"])}
-            for r in study_rows() for b in BENCHES[r["task"]]]
+            for r in study_rows() for b in BENCHES[r["task"]]
+            if not (r["task"] in GROUPS and r["variant"] == "teacher")]  # benchmarks hold no reference solution
 
 
 def all_benchmark_evals():
@@ -191,8 +203,10 @@ def mini_pair_spec(w):
 
 
 def student_params(w):
-    """The student block; a pretrained one carries the chat rendering its SFT prompts go through."""
-    return {**config["student"], "chat": config["chat"]} if PRETRAINED else config["student"]
+    """The student block (a self-distillation group's own, where it has one); a pretrained one carries the
+    chat rendering its SFT prompts go through."""
+    student = self_distill.student_block(config, w.task)
+    return {**student, "chat": config["chat"]} if PRETRAINED else student
 
 
 def eval_params(w):
@@ -209,3 +223,34 @@ def tokenizer_params(w):
     if not PRETRAINED:
         return {"kind": "char"}
     return {"kind": "checkpoint", "teacher": config["teacher"], "student": config["student"]}
+
+
+# ---------------------------------------------------------------- the self-distillation group (opdpipe.self_distill)
+def sft_examples(w):
+    """SFT-init data: the task's teacher completions, or the group's (a share carrying the hint)."""
+    return L.sft_examples_file(w.task) if w.task in GROUPS else L.path(w.task, "teacher", "completions.jsonl")
+
+
+def teacher_checkpoint(w):
+    """The frozen teacher of a run: the task's teacher, or the group's own SFT-init (the self-teacher)."""
+    return L.checkpoint(w.task, self_distill.teacher_row(w.task))
+
+
+def data_manifest(w):
+    return L.path("data", w.task, "manifest.json")
+
+
+def reference_test(w):
+    """The test split a reference row is evaluated on: the self-teacher reads the privileged prompt."""
+    return L.hint_test_file(w.task) if w.task in GROUPS and w.ref == "teacher" else L.data_file(w.task, "test")
+
+
+def backend_of(w):
+    """RunSpec.backend of a run; a group with its own student is its own teacher, in that student's dtype."""
+    return backend_block(self_distill.models_of(config, w.task))
+
+
+def group_spec():
+    """What the group's SFT examples depend on (hint_frac re-runs its SFT-init, nothing of the source)."""
+    sd = config["self_distillation"]
+    return {"source": sd["source"], "hint_frac": sd["hint_frac"]}

@@ -2,6 +2,8 @@
 
 
 rule prepare_data:
+    wildcard_constraints:
+        task="|".join(SOURCE_TASKS),  # a self-distillation group's data comes from its source task
     output:
         train=L.data_file("{task}", "train"),
         validation=L.data_file("{task}", "validation"),

@@ -35,7 +35,7 @@ rule evaluate_variant:
 rule evaluate_reference:
     input:
         checkpoints=reference_checkpoint,
-        test=rules.prepare_data.output.test,
+        test=reference_test,  # a self-teacher reads the test split with the privileged prompt
     output:
         L.eval_file("{task}", "{ref}"),
     params:

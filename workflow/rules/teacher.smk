@@ -3,6 +3,8 @@
 
 
 rule teacher:
+    wildcard_constraints:
+        task="|".join(SOURCE_TASKS),  # a self-distillation group has no teacher stage
     input:
         data=rules.prepare_data.output.manifest,
         tokenizer=rules.tokenizer.output,
@@ -29,7 +31,7 @@ rule teacher:
 
 rule sft_init:
     input:
-        completions=rules.teacher.output.completions,
+        completions=sft_examples,
         tokenizer=rules.tokenizer.output,
     output:
         checkpoint=directory(L.checkpoint("{task}", "sft_init")),

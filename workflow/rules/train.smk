@@ -5,8 +5,8 @@
 rule train:
     input:
         student=rules.sft_init.output.checkpoint,
-        teacher=rules.teacher.output.checkpoint,
-        data=rules.prepare_data.output.manifest,
+        teacher=teacher_checkpoint,  # a self-distillation group's teacher is its own SFT-init
+        data=data_manifest,
         store=ancient(rules.tracking_store.output[0]),
     output:
         final=directory(L.run_file("{task}", "{variant}", "{seed}", "final")),
@@ -20,7 +20,7 @@ rule train:
         study=STUDY,
         results=study_root_of_store,
         tracking_uri=TRACKING_URI,
-        backend=BACKEND,
+        backend=backend_of,
     threads: train_threads
     priority: 1
     resources:

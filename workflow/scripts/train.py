@@ -1,3 +1,4 @@
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -8,12 +9,13 @@ from opdpipe.layout import Layout, default_tracking_uri
 redirect(snakemake.log[0])
 w, p = snakemake.wildcards, snakemake.params
 world = p.hparams.get("world_size", 1)  # > 1: data-parallel ranks through torchrun, each with its share of threads
-spec = trainer.RunSpec(task=w.task, divergence=p.variant["divergence"], design=p.variant["design"], seed=int(w.seed),
+kind = json.loads(Path(snakemake.input.data).read_text())["task"]  # a self-distillation group's: its source task
+spec = trainer.RunSpec(task=kind, divergence=p.variant["divergence"], design=p.variant["design"], seed=int(w.seed),
                        student=snakemake.input.student, teacher=snakemake.input.teacher,
                        data_dir=str(Path(snakemake.input.data).parent), out_dir=p.run_dir,
                        hparams={**p.hparams, "threads": max(1, snakemake.threads // world)}, backend=p.backend)
 uri = p.tracking_uri or default_tracking_uri(Layout(p.results))
-job = {"variant": w.variant, "study": p.study, "tracking_uri": uri}
+job = {"variant": w.variant, "study": p.study, "tracking_uri": uri, "task": w.task}  # the row's task (or group)
 if world > 1:
     distributed.launch(spec, world, tracking={"uri": uri, "study": p.study, "task": w.task, "variant": w.variant,
                                               "seed": int(w.seed)}, log=say)

@@ -129,7 +129,8 @@ def _same_results(a: Path, b: Path, rel: str) -> int:
 def test_results_equal_the_local_run(slurm_run, local_run):
     work = slurm_run[0]
     compared = _same_results(work, local_run, "results/smoke")
-    assert compared == 16 + 12 + 16  # eval.json (4 references + 12 runs), summaries, model weights
+    # eval.json (4 references + 12 runs), summaries, model weights (4 references + 12 runs' final/ and best/)
+    assert compared == 16 + 12 + 28
 
 
 def test_a_two_rank_training_job_runs_torchrun_inside_one_sbatch_job(slurm_run, local_run):
@@ -142,7 +143,7 @@ def test_a_two_rank_training_job_runs_torchrun_inside_one_sbatch_job(slurm_run, 
     summary = json.loads((work / DDP_SUMMARY).read_text())
     assert summary["config"]["world_size"] == 2 and summary["steps"] == 4
     if (local_run / DDP_SUMMARY).exists():  # `make test` trained the same 2-rank run locally
-        assert _same_results(work, local_run, str(Path(DDP_SUMMARY).parent)) == 2  # summary, weights
+        assert _same_results(work, local_run, str(Path(DDP_SUMMARY).parent)) == 3  # summary, final/ and best/ weights
 
 
 def test_the_paper_config_asks_for_gpus_on_the_gpu_rules(tmp_path):

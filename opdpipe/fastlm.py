@@ -187,7 +187,7 @@ def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int,
            greedy: bool = False, generator: torch.Generator | None = None):
     """generation.sample on the fast path: the same draws from the same generator, one prefill per
     distinct prompt, a preallocated key/value cache."""
-    from opdpipe.generation import finish_rollout, pick_tokens
+    from opdpipe.generation import decode
 
     net = _Net.of(model)
     last, kv, valid, next_pos = prefill(net, prompt_ids, pad_id)
@@ -201,18 +201,10 @@ def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int,
         cache.append((ck, cv))
     keys = torch.cat([valid, torch.ones(B, max_new_tokens, dtype=torch.bool, device=dev)], dim=1)
     cos, sin = net.rope(next_pos[:, None] + torch.arange(max_new_tokens, device=dev))  # every decoding position
-    logits = net.head(last)
-    tokens, logps = [], []
-    done = torch.zeros(B, dtype=torch.bool, device=dev)
-    for t in range(max_new_tokens):
-        tok, tok_lp = pick_tokens(logits, greedy, generator)
-        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-        tokens.append(tok)
-        logps.append(torch.where(done, torch.zeros_like(tok_lp), tok_lp))
-        done = done | (tok == eos_id)
-        if done.all():
-            break
+
+    def step(tok: torch.Tensor, t: int) -> torch.Tensor:
         x, _ = net.layers(net.embed(tok[:, None]), (cos[:, :, t:t + 1], sin[:, :, t:t + 1]),
                           keys[:, None, None, :P + t + 1], cache=cache, at=P + t)
-        logits = net.head(x[:, 0])
-    return finish_rollout(prompt_ids, tokens, logps, done, eos_id)
+        return net.head(x[:, 0])
+
+    return decode(prompt_ids, net.head(last), step, max_new_tokens, eos_id, pad_id, greedy, generator)

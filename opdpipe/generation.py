@@ -38,8 +38,23 @@ def pick_tokens(logits: torch.Tensor, greedy: bool, generator: torch.Generator |
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
 
 
-def finish_rollout(prompt_ids, tokens: list[torch.Tensor], logps: list[torch.Tensor], done: torch.Tensor,
-                   eos_id: int) -> Rollout:
+def decode(prompt_ids, logits: torch.Tensor, step, max_new_tokens: int, eos_id: int, pad_id: int, greedy: bool,
+           generator: torch.Generator | None) -> Rollout:
+    """The sampling loop both paths share: draw from `logits` [B, V], then `step(tokens, t)` gives the
+    next position's logits, until every row has drawn EOS or the budget is spent. Rows that are done
+    keep drawing (their draws are replaced by padding), so every row consumes the generator alike."""
+    B = logits.shape[0]
+    tokens, logps = [], []
+    done = torch.zeros(B, dtype=torch.bool, device=logits.device)
+    for t in range(max_new_tokens):
+        tok, tok_lp = pick_tokens(logits, greedy, generator)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        tokens.append(tok)
+        logps.append(torch.where(done, torch.zeros_like(tok_lp), tok_lp))
+        done = done | (tok == eos_id)
+        if done.all():
+            break
+        logits = step(tok, t)
     response = torch.stack(tokens, dim=1)
     # a token is part of the response if no EOS came strictly before it
     eos_before = torch.cumsum((response == eos_id).long(), dim=1) - (response == eos_id).long()
@@ -62,22 +77,16 @@ def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int,
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
     cache_key = "cache" if hasattr(out, "cache") else "past_key_values"  # transformers 5.24 | < 5.20 (vLLM extra)
-    past, logits, next_pos = getattr(out, cache_key), out.logits[:, -1], pos[:, -1] + 1
-    tokens, logps = [], []
-    done = torch.zeros(B, dtype=torch.bool, device=dev)
-    for _ in range(max_new_tokens):
-        tok, tok_lp = pick_tokens(logits, greedy, generator)
-        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-        tokens.append(tok)
-        logps.append(torch.where(done, torch.zeros_like(tok_lp), tok_lp))
-        done = done | (tok == eos_id)
-        if done.all():
-            break
-        attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=dev)], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
-                    use_cache=True, **{cache_key: past})
-        past, logits, next_pos = getattr(out, cache_key), out.logits[:, -1], next_pos + 1
-    return finish_rollout(prompt_ids, tokens, logps, done, eos_id)
+    state = {"past": getattr(out, cache_key), "attn": attn, "pos": pos[:, -1] + 1}
+
+    def step(tok: torch.Tensor, t: int) -> torch.Tensor:
+        state["attn"] = torch.cat([state["attn"], torch.ones(B, 1, dtype=attn.dtype, device=dev)], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=state["attn"], position_ids=state["pos"][:, None],
+                    use_cache=True, **{cache_key: state["past"]})
+        state["past"], state["pos"] = getattr(out, cache_key), state["pos"] + 1
+        return out.logits[:, -1]
+
+    return decode(prompt_ids, out.logits[:, -1], step, max_new_tokens, eos_id, pad_id, greedy, generator)
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:

@@ -78,7 +78,8 @@ def test_cuda_on_a_machine_without_one_starts_no_job(mini, tmp_path):
 
 
 def _dag_rules(config: str) -> set[str]:
-    r = _smk(ROOT, "-n", "--cores", "8", "--quiet", "rules", config=str(ROOT / config))
+    # --forceall: the whole DAG, whatever results/ already holds (a finished study in the checkout)
+    r = _smk(ROOT, "-n", "--forceall", "--cores", "8", "--quiet", "rules", config=str(ROOT / config))
     assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
     return {line.split()[0] for line in (r.stdout + r.stderr).splitlines()
             if len(line.split()) == 2 and line.split()[1].isdigit()}

@@ -10,7 +10,8 @@ rounding (tests/test_fastlm.py holds them to the reference path within 1e-5):
   distinct prompts and gathered per row, in rollouts, teacher scoring and the update alike (the
   gradient through a shared prompt sums over its rows, as it does when every row recomputes it).
 Models it does not cover (other architectures, grouped-query attention, biases, scaled rotary
-positions, a DDP wrapper) take the reference path: `supports(model)` decides.
+positions, attention dropout, weights other than float32, gradient checkpointing, a DDP or LoRA
+wrapper) take the reference path: `supports(model)` decides.
 """
 from __future__ import annotations
 
@@ -34,15 +35,26 @@ def disabled():
 
 
 def supports(model) -> bool:
-    """True for the embedded Llama models this module computes exactly."""
-    c = getattr(model, "config", None)
-    if not _ENABLED[-1] or c is None or getattr(c, "model_type", None) != "llama":
+    """True for the embedded Llama models this module computes exactly: a bare LlamaForCausalLM (no
+    DDP or LoRA wrapper) in float32, without the config features this forward leaves out."""
+    from transformers import LlamaForCausalLM
+
+    if not _ENABLED[-1] or type(model) is not LlamaForCausalLM or getattr(model, "peft_config", None):
         return False
+    c = model.config
     rope = getattr(c, "rope_parameters", None) or {}
     return (c.hidden_act == "silu" and not c.attention_bias and not getattr(c, "mlp_bias", False)
             and c.num_key_value_heads == c.num_attention_heads and rope.get("rope_type", "default") == "default"
             and getattr(c, "head_dim", c.hidden_size // c.num_attention_heads) * c.num_attention_heads == c.hidden_size
-            and getattr(c, "pretraining_tp", 1) == 1)
+            and getattr(c, "pretraining_tp", 1) == 1 and not getattr(c, "attention_dropout", 0.0)
+            and not _checkpointed(model)
+            and all(p.dtype == torch.float32 for p in model.parameters()))
+
+
+def _checkpointed(model) -> bool:
+    """Activation (gradient) checkpointing on: transformers >= 5.24 names it `is_activation_checkpointing`."""
+    on = getattr(model, "is_activation_checkpointing", None)
+    return bool(on if on is not None else getattr(model, "is_gradient_checkpointing", False))
 
 
 @dataclass

@@ -52,7 +52,7 @@ def decode(prompt_ids, logits: torch.Tensor, step, max_new_tokens: int, eos_id: 
         tokens.append(tok)
         logps.append(torch.where(done, torch.zeros_like(tok_lp), tok_lp))
         done = done | (tok == eos_id)
-        if done.all():
+        if done.all() or t == max_new_tokens - 1:  # no step after the last draw
             break
         logits = step(tok, t)
     response = torch.stack(tokens, dim=1)

@@ -16,8 +16,9 @@ kept resumable checkpoint may need them) and end in ``<run>/best/``.
 from __future__ import annotations
 
 import hashlib
-from contextlib import nullcontext
+import math
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -67,9 +68,9 @@ def measure(state, cfg: dict, seed: int) -> dict:
 
 # ---------------------------------------------------------------- choosing
 def improves(step: int, value: float, best: tuple[int, float] | None) -> bool:
-    """The rule: a candidate is a validated step >= 1; it replaces the best so far only when strictly
-    higher, so a tie keeps the earlier step."""
-    return step >= 1 and (best is None or value > best[1])
+    """The rule: a candidate is a validated step >= 1 with a finite value; it replaces the best so far
+    only when strictly higher, so a tie keeps the earlier step."""
+    return step >= 1 and math.isfinite(value) and (best is None or value > best[1])
 
 
 def improvements(rows: list[dict]) -> list[tuple[int, float]]:

@@ -13,6 +13,18 @@ TASK_SPEC = {"source": "synthetic", "knobs": {"min_steps": 1, "max_steps": 1, "m
              "sizes": {"train": 40, "validation": 8, "test": 8}}
 
 
+class Killed(Exception):
+    """A training run cut short by `kill_at` (as a kill between two steps would)."""
+
+
+def kill_at(n: int):
+    """A trainer callback that stops the run after step `n`."""
+    def cb(step, metrics):
+        if step == n:
+            raise Killed
+    return cb
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """data/, tokenizer/, teacher/ and student/ checkpoints for the math task (seconds to build)."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import MINI_CHAT
+from conftest import MINI_CHAT, Killed, kill_at
 from opdpipe import trainer
 from opdpipe.data import read_jsonl
 
@@ -69,15 +69,8 @@ def test_rollouts_sampled_in_batches_have_one_shape(mini_world, tiny_world, tmp_
 def test_a_killed_lora_run_resumes_to_the_same_weights(mini_world, tiny_world, tmp_path):
     trainer.run(_spec(mini_world, tiny_world, tmp_path / "full"), progress=False)
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_3(step, metrics):
-        if step == 3:
-            raise Killed
-
     with pytest.raises(Killed):
-        trainer.run(_spec(mini_world, tiny_world, tmp_path / "r"), callbacks=(kill_at_3,), progress=False)
+        trainer.run(_spec(mini_world, tiny_world, tmp_path / "r"), callbacks=(kill_at(3),), progress=False)
     ckpt = tmp_path / "r" / "work" / "checkpoints" / "step_000002"
     assert (ckpt / "adapter_model.safetensors").exists() and (ckpt / "trainer_state.pt").exists()
     trainer.run(_spec(mini_world, tiny_world, tmp_path / "r"), progress=False)

@@ -77,18 +77,88 @@ def test_distinct_contexts_keep_first_seen_order():
     assert uniq == [[1, 2], [3]] and rows.tolist() == [0, 0, 1, 0, 1]
 
 
-def test_models_it_does_not_cover_take_the_reference_path(world):
+def test_a_one_token_response_is_scored_like_the_reference(world):
+    tok, student, _, ctx = world
+    roll = sample(student, ctx, 1, tok.eos_token_id, tok.pad_token_id, generator=torch.Generator().manual_seed(2))
+    assert roll.response.shape[1] == 1
+    fast, ref = both(lambda: teacher_logprobs(student, ctx, roll.response, roll.mask, tok.pad_token_id))
+    assert (fast - ref).abs().max() < 1e-5
+
+
+def test_decoding_runs_no_step_after_the_last_draw():
+    from opdpipe.generation import decode
+
+    calls = []
+
+    def step(tok, t):
+        calls.append(t)
+        return torch.zeros(2, 5)
+
+    r = decode([[1], [1]], torch.zeros(2, 5), step, 4, eos_id=9, pad_id=0, greedy=True, generator=None)
+    assert r.response.shape == (2, 4) and calls == [0, 1, 2] and r.truncated.all()
+
+
+def _with_config(**changes):
+    def make(tok):
+        m = build_model(SPEC, tok, 0)
+        for k, v in changes.items():
+            setattr(m.config, k, v)
+        return m
+    return make
+
+
+def _lora(tok):
+    from peft import LoraConfig, get_peft_model
+    return get_peft_model(build_model(SPEC, tok, 0), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
+
+
+def _checkpointed(tok):
+    m = build_model(SPEC, tok, 0)
+    (getattr(m, "activation_checkpointing_enable", None) or m.gradient_checkpointing_enable)()  # < 5.24: the old name
+    return m
+
+
+def _ddp_like(tok):
+    wrapped = torch.nn.Module()
+    wrapped.module = build_model(SPEC, tok, 0)  # e.g. a DDP wrapper: its forward must run, for the gradient all-reduce
+    return wrapped
+
+
+def _qwen(tok):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    return Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2, head_dim=16))
+
+
+UNCOVERED = {"grouped-query attention": _with_config(num_key_value_heads=2),
+             "attention bias": _with_config(attention_bias=True), "mlp bias": _with_config(mlp_bias=True),
+             "gelu": _with_config(hidden_act="gelu"), "tensor-parallel slices": _with_config(pretraining_tp=2),
+             "scaled rotary positions": _with_config(rope_parameters={"rope_type": "linear", "factor": 2.0,
+                                                                      "rope_theta": 10000.0}),
+             "head_dim apart from hidden / heads": _with_config(head_dim=16),
+             "attention dropout": _with_config(attention_dropout=0.1),
+             "bfloat16 weights": lambda tok: build_model(SPEC, tok, 0).to(torch.bfloat16),
+             "gradient checkpointing": _checkpointed, "LoRA wrapper": _lora, "DDP-like wrapper": _ddp_like,
+             "another architecture": _qwen}
+
+
+def test_the_embedded_models_take_the_fast_path_unless_disabled(world):
     tok, student, _, _ = world
     assert fastlm.supports(student)
     with fastlm.disabled():
         assert not fastlm.supports(student)
-    gqa = build_model(SPEC, tok, 0)
-    gqa.config.num_key_value_heads = 2
-    assert not fastlm.supports(gqa)
-    wrapped = torch.nn.Module()
-    wrapped.module = student  # e.g. a DDP wrapper: its forward must run, for the gradient all-reduce
-    assert not fastlm.supports(wrapped)
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-    qwen = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=2, num_key_value_heads=2, head_dim=16))
-    assert not fastlm.supports(qwen)
+    assert fastlm.supports(student)
+
+
+def test_a_bfloat16_model_is_scored_on_the_reference_path(world):
+    tok, _, _, ctx = world
+    model = build_model(SPEC, tok, 0).to(torch.bfloat16)
+    response, mask = torch.full((len(ctx), 3), 5), torch.ones(len(ctx), 3, dtype=torch.long)
+    lp = teacher_logprobs(model, ctx, response, mask, tok.pad_token_id)
+    assert lp.shape == (len(ctx), 3) and torch.isfinite(lp).all() and (lp < 0).all()
+
+
+@pytest.mark.parametrize("case", list(UNCOVERED))
+def test_models_it_does_not_cover_take_the_reference_path(world, case):
+    tok = world[0]
+    assert not fastlm.supports(UNCOVERED[case](tok)), case

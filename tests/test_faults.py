@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from conftest import Killed, kill_at
 from opdpipe import trainer
 from opdpipe.data import read_jsonl
 from opdpipe.models import load_model
@@ -18,20 +19,9 @@ FAST = {"steps": 4, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 10
         "eval_size": 4, "bias_every": 0, "checkpoint_every": 1}
 
 
-class Killed(Exception):
-    pass
-
-
 def _spec(world, out, **hp):
     return RunSpec("math", "forward_kl", "opd_plus", 0, str(world / "student"), str(world / "teacher"),
                    str(world / "data"), str(out), {**FAST, **hp})
-
-
-def _kill_at(n):
-    def cb(step, metrics):
-        if step == n:
-            raise Killed
-    return cb
 
 
 def _weights(path):
@@ -94,7 +84,7 @@ def test_a_clip_at_which_the_advantages_overflow_is_refused_before_the_first_ste
 
 def test_a_truncated_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(tiny_world, tmp_path, full):
     with pytest.raises(Killed):
-        run(_spec(tiny_world, tmp_path), callbacks=(_kill_at(3),), progress=False)
+        run(_spec(tiny_world, tmp_path), callbacks=(kill_at(3),), progress=False)
     newest = tmp_path / "work" / "checkpoints" / "step_000002"  # the kill at step 3 precedes its checkpoint
     weights = newest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # a write cut short
@@ -108,7 +98,7 @@ def test_a_truncated_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_be
 
 def test_a_corrupt_trainer_state_is_set_aside(tiny_world, tmp_path, full):
     with pytest.raises(Killed):
-        run(_spec(tiny_world, tmp_path), callbacks=(_kill_at(3),), progress=False)
+        run(_spec(tiny_world, tmp_path), callbacks=(kill_at(3),), progress=False)
     for ckpt in (tmp_path / "work" / "checkpoints").glob("step_*"):
         (ckpt / "trainer_state.pt").write_bytes(b"not a checkpoint")
     logs = []
@@ -119,7 +109,7 @@ def test_a_corrupt_trainer_state_is_set_aside(tiny_world, tmp_path, full):
 
 def test_a_partial_last_metrics_line_is_dropped_on_resume(tiny_world, tmp_path, full):
     with pytest.raises(Killed):
-        run(_spec(tiny_world, tmp_path), callbacks=(_kill_at(3),), progress=False)
+        run(_spec(tiny_world, tmp_path), callbacks=(kill_at(3),), progress=False)
     with open(tmp_path / "work" / "metrics.jsonl", "a") as fh:
         fh.write('{"step": 4, "loss": 0.1')  # cut mid-line by a kill
     logs = []
@@ -131,7 +121,7 @@ def test_a_partial_last_metrics_line_is_dropped_on_resume(tiny_world, tmp_path, 
 
 def test_metrics_missing_steps_restart_the_run_from_scratch(tiny_world, tmp_path, full):
     with pytest.raises(Killed):
-        run(_spec(tiny_world, tmp_path), callbacks=(_kill_at(3),), progress=False)
+        run(_spec(tiny_world, tmp_path), callbacks=(kill_at(3),), progress=False)
     stream = tmp_path / "work" / "metrics.jsonl"
     stream.write_text("".join(line + "\n" for line in stream.read_text().splitlines()[:2]))  # steps 0, 1 only
     logs = []
@@ -170,7 +160,7 @@ def test_a_damaged_real_data_split_is_refused_by_name(tmp_path):
 
 def test_trainer_state_loads_without_pickle(tiny_world, tmp_path):
     with pytest.raises(Killed):
-        run(_spec(tiny_world, tmp_path), callbacks=(_kill_at(2),), progress=False)
+        run(_spec(tiny_world, tmp_path), callbacks=(kill_at(2),), progress=False)
     state = torch.load(tmp_path / "work" / "checkpoints" / "step_000001" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 1 and set(state) == {"step", "optimizer", "scheduler", "generator", "torch_rng",
                                                  "python_rng"}

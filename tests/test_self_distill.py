@@ -86,9 +86,10 @@ def test_the_hint_reaches_the_teacher_and_never_the_student(tiny_world, group_da
     assert len(seen["teacher"]) == 8 and len(seen["student"]) == 16  # teacher scoring; student sampling + update
     for ids in seen["teacher"]:
         assert any(ids[:len(h)] == h for h in hinted), ids
+    solutions = [tok(e["target"].strip())["input_ids"] for e in train]  # the hint's worked solutions
     for ids in seen["student"]:
-        assert any(ids[:len(p)] == p for p in plain), ids
-        assert not _contains(ids, marker), ids
+        j = next(j for j, p in enumerate(plain) if ids[:len(p)] == p)  # the row's prompt starts the context
+        assert not _contains(ids, marker) and not _contains(ids, solutions[j]), ids
     s_ctx, t_ctx = state.last_batch[:2]  # the trainer's own record agrees, row by row
     for s, t in zip(s_ctx, t_ctx):
         j = plain.index(s)

@@ -125,3 +125,30 @@ def test_step_flops_shared_prompts_count_the_prompt_once():
     shared = bw.step_flops(st["student"], st["teacher"], V, B, P, T, prompts=B // G)
     prompt_part = bw.forward_flops(st["teacher"], V, B * P, P / 2, head_tokens=0)
     assert rows["teacher"] - shared["teacher"] == pytest.approx(prompt_part * (G - 1) / G, rel=1e-12)
+
+
+def test_sft_step_arguments_are_checked_before_any_work():
+    import sft_step
+
+    for argv, message in [(["--who", "critic"], r"--who = 'critic': allowed: teacher, student"),
+                          (["--task", "chess"], r"--task = 'chess': allowed: math, tooluse"),
+                          (["--steps", "0"], r"--steps = 0, --rounds = 3: allowed: both >= 1")]:
+        assert re.search(message, _stderr_of(sft_step.parse_args, argv)), argv
+
+
+def test_sft_step_plain_forward_is_the_transformers_forward_on_right_padded_rows():
+    """The comparison forward of benchmarks/sft_step.py computes what train_sft's model call does."""
+    import sft_step
+
+    from opdpipe.models import build_model
+    from opdpipe.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    model = build_model(bw.default_study()["student"], tok, 0)
+    ids = torch.randint(3, len(tok), (3, 12), generator=torch.Generator().manual_seed(0))
+    attn = (torch.arange(12)[None] < torch.tensor([[12], [7], [3]])).long()  # right padding
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=attn).logits
+        got = sft_step.plain_logits(model, ids, attn)
+    keep = attn.bool()
+    assert (got[keep] - want[keep]).abs().max() < 1e-5

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from conftest import Killed, kill_at
 from opdpipe.data import read_jsonl
 from opdpipe.models import load_model
 from opdpipe.trainer import RunSpec, run
@@ -88,15 +89,8 @@ def test_bias_meter_sees_stop_gradient_bias(tiny_world, tmp_path):
 def test_resume_after_a_kill_gives_the_same_result(tiny_world, tmp_path):
     full = run(_spec(tiny_world, tmp_path / "full"), progress=False)
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_3(step, metrics):
-        if step == 3:
-            raise Killed
-
     with pytest.raises(Killed):
-        run(_spec(tiny_world, tmp_path / "resumed"), callbacks=(kill_at_3,), progress=False)
+        run(_spec(tiny_world, tmp_path / "resumed"), callbacks=(kill_at(3),), progress=False)
     ckpts = list((tmp_path / "resumed" / "work" / "checkpoints").glob("step_*"))
     assert [c.name for c in ckpts] == ["step_000002"] and not (tmp_path / "resumed" / "summary.json").exists()
     assert not list((tmp_path / "resumed" / "work" / "checkpoints").glob(".*"))  # no half-written folder

@@ -50,6 +50,13 @@ def test_the_rule_takes_the_highest_validated_step_after_0_and_the_earlier_of_ti
     assert validation.choose_best(rows[:2]) is None
 
 
+def test_a_non_finite_validation_value_is_never_the_best():
+    rows = [{"step": 2, "val/avg_at_k": float("nan")}, {"step": 4, "val/avg_at_k": 0.25},
+            {"step": 6, "val/avg_at_k": float("inf")}]
+    assert validation.choose_best(rows) == (4, 0.25)
+    assert validation.choose_best(rows[:1]) is None
+
+
 def test_sampled_accuracy_is_avg_at_k_and_repeats_with_its_seed(tiny_world):
     from opdpipe.tasks.graders import scorer_for
     from opdpipe.tokenizer import load_tokenizer

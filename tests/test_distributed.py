@@ -2,6 +2,8 @@
 optimizer step as one process with the whole batch; a 2-rank run checkpoints and resumes exactly."""
 import os
 import socket
+import time
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -63,6 +65,28 @@ def _rank(rank, world_size, port, world, out, hp, batch_file):
     distributed.close(ctx)
 
 
+def _spawn_ranks(world_size, world, out, hp, batch_file, limit_s: float = 300.0, exit_grace_s: float = 60.0):
+    """mp.spawn with a watchdog: fail when the ranks have not written their result within `limit_s`;
+    once rank 0's result is written, give the ranks `exit_grace_s` to leave the process group and
+    exit, then end them (gloo's destroy_process_group can hang at exit now and then,
+    pytorch/pytorch#75097; the result is already complete)."""
+    procs = mp.start_processes(_rank, args=(world_size, _free_port(), world, out, hp, batch_file), nprocs=world_size,
+                               join=False, start_method="spawn")
+    start, written = time.monotonic(), None
+    while not procs.join(timeout=1):  # raises if a rank failed
+        if written is None and (out / "rank0.pt").exists():
+            written = time.monotonic()
+        if written is not None and time.monotonic() - written > exit_grace_s:
+            for p in procs.processes:
+                p.kill()
+            warnings.warn(f"the ranks did not exit within {exit_grace_s:.0f} s of writing their result; ended them")
+            return
+        if written is None and time.monotonic() - start > limit_s:
+            for p in procs.processes:
+                p.kill()
+            pytest.fail(f"the {world_size} ranks wrote no result within {limit_s:.0f} s")
+
+
 @pytest.mark.parametrize("hp", [{}, {"loss_agg": "seq_mean_token_sum", "normalize_advantages": True}],
                          ids=["token_mean", "seq_mean_normalized"])
 def test_two_gloo_ranks_take_the_same_step_as_one_process(tiny_world, tmp_path, hp):
@@ -75,7 +99,7 @@ def test_two_gloo_ranks_take_the_same_step_as_one_process(tiny_world, tmp_path, 
     before = {k: v.clone() for k, v in state.student.state_dict().items()}
     with fastlm.disabled():  # as on the ranks
         one = learn(state, spec.cfg(), prompts, roll)
-    mp.spawn(_rank, args=(2, _free_port(), tiny_world, tmp_path / "two", hp, tmp_path / "batch.pt"), nprocs=2)
+    _spawn_ranks(2, tiny_world, tmp_path / "two", hp, tmp_path / "batch.pt")
     two = torch.load(tmp_path / "two" / "rank0.pt", weights_only=False)
     moved = max((state.student.state_dict()[k] - before[k]).abs().max().item() for k in before)
     assert moved > 1e-4  # the step changed the weights, so equality below says something

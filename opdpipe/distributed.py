@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -126,8 +127,12 @@ def barrier(ctx: Context) -> None:
 
 
 def close(ctx: Context) -> None:
+    """Leave the process group. After the last barrier, gloo's worker thread still has to free that
+    barrier's work, which takes the GIL; the short sleep hands it the GIL, so the group's destructor
+    (run later, when DDP's reducer is freed with the GIL held) never waits on that thread forever."""
     if ctx.active and dist.is_initialized():
         dist.barrier()
+        time.sleep(0.5)
         dist.destroy_process_group()
 
 

@@ -68,8 +68,9 @@ def _rank(rank, world_size, port, world, out, hp, batch_file):
 def _spawn_ranks(world_size, world, out, hp, batch_file, limit_s: float = 300.0, exit_grace_s: float = 60.0):
     """mp.spawn with a watchdog: fail when the ranks have not written their result within `limit_s`;
     once rank 0's result is written, give the ranks `exit_grace_s` to leave the process group and
-    exit, then end them (gloo's destroy_process_group can hang at exit now and then,
-    pytorch/pytorch#75097; the result is already complete)."""
+    exit, then end them with a warning (the result is complete by then). distributed.close guards
+    the exit deadlock seen here (gloo's worker thread freeing the last barrier's work while the
+    group's destructor waits on it); this keeps any other teardown hang from stalling the suite."""
     procs = mp.start_processes(_rank, args=(world_size, _free_port(), world, out, hp, batch_file), nprocs=world_size,
                                join=False, start_method="spawn")
     start, written = time.monotonic(), None

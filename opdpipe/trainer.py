@@ -155,8 +155,8 @@ def learn(state: "RunState", cfg: dict, prompts: list[dict], roll, rollout_s: fl
     if lp_whole is not None:
         lp_old = lp_whole.detach()
     else:
-        with torch.no_grad():
-            lp_old = sequence_logprobs(state.student, s_ctx, resp, mask, tok.pad_token_id)  # theta_0, [B, T]
+        with torch.no_grad():  # through the learner, as lp_new: with DDP both take transformers' forward
+            lp_old = sequence_logprobs(learner, s_ctx, resp, mask, tok.pad_token_id)  # theta_0, [B, T]
     log_u, clip_frac = clip_log_u(lq - lp_old, cfg["log_u_clip"], mask)
     adv, adv_stats = compute_advantages(state.design, state.div, log_u, mask, cfg["gamma"])
     if cfg["normalize_advantages"] and state.dist.active:

@@ -56,11 +56,12 @@ def measure(state, cfg: dict, seed: int) -> dict:
     """Greedy accuracy and avg@val_k of the student on the validation prompts (rank 0, eval mode)."""
     rt = state.runtime
     encode = None if rt is None else (lambda texts: rt.encode(state.tok, texts))
-    greedy, _ = greedy_accuracy(state.student, state.tok, state.val, state.score, cfg["max_new_tokens"], encode=encode)
     device = next(state.student.parameters()).device
     gen = torch.Generator(device=device).manual_seed(validation_seed(seed))
     per_batch = max(1, (cfg["rollout_batch_size"] or 64 * cfg["val_k"]) // cfg["val_k"])
-    with rt.autocast() if rt is not None else nullcontext():
+    with rt.autocast() if rt is not None else nullcontext():  # both measures in the rollouts' precision
+        greedy, _ = greedy_accuracy(state.student, state.tok, state.val, state.score, cfg["max_new_tokens"],
+                                    encode=encode)
         avg = sampled_accuracy(state.student, state.tok, state.val, state.score, cfg["max_new_tokens"], cfg["val_k"],
                                gen, encode, per_batch)
     return {GREEDY_KEY: greedy, VAL_KEY: avg}

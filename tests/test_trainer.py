@@ -80,6 +80,30 @@ def test_minibatched_updates_take_their_own_passes(tiny_world, tmp_path):
     assert any(not torch.equal(w1[k], w2[k]) for k in w1)  # two optimizer steps per batch, not one
 
 
+def test_every_log_prob_pass_of_an_update_goes_through_the_learner(tiny_world, tmp_path, monkeypatch):
+    """With several ranks the learner is DDP over the student (transformers' forward, not the fast
+    path): the behaviour log-probs of minibatched updates come through it too, so the ratio's two
+    sides are computed the same way."""
+    from opdpipe import trainer
+
+    class Wrapped(torch.nn.Module):  # stands in for DDP: a wrapper the fast path refuses
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+    spec = _spec(tiny_world, tmp_path, num_substeps=2)
+    state = trainer.build_state(spec, trainer.validate(spec), None, log=lambda m: None)
+    state.learner = Wrapped(state.student)
+    seen, real = [], trainer.sequence_logprobs
+    monkeypatch.setattr(trainer, "sequence_logprobs", lambda model, *a, **k: seen.append(model) or real(model, *a, **k))
+    metrics = trainer.train_step(state, spec.cfg())
+    assert len(seen) == 3 and all(m is state.learner for m in seen)  # theta_old once, then one pass per minibatch
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
+
+
 def test_bias_meter_sees_stop_gradient_bias(tiny_world, tmp_path):
     run(RunSpec(**{**_spec(tiny_world, tmp_path).__dict__, "design": "opd"}), progress=False)
     row = read_jsonl(tmp_path / "metrics.jsonl")[2]

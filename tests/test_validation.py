@@ -57,6 +57,30 @@ def test_a_non_finite_validation_value_is_never_the_best():
     assert validation.choose_best(rows[:1]) is None
 
 
+def test_greedy_and_sampled_validation_run_in_the_rollouts_precision(monkeypatch):
+    """A backend with autocast (bf16 rollouts): both validation measures run inside it, as the rollouts do."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    inside, seen = [False], {}
+
+    class Runtime:
+        @contextmanager
+        def autocast(self):
+            inside[0] = True
+            yield
+            inside[0] = False
+
+        def encode(self, tok, texts):
+            return [[1] for _ in texts]
+
+    monkeypatch.setattr(validation, "greedy_accuracy", lambda *a, **k: (seen.setdefault("greedy", inside[0]), []))
+    monkeypatch.setattr(validation, "sampled_accuracy", lambda *a, **k: seen.setdefault("sampled", inside[0]))
+    state = SimpleNamespace(runtime=Runtime(), student=torch.nn.Linear(1, 1), tok=None, val=[], score=None)
+    validation.measure(state, {"max_new_tokens": 4, "val_k": 2, "rollout_batch_size": 0}, seed=0)
+    assert seen == {"greedy": True, "sampled": True}
+
+
 def test_sampled_accuracy_is_avg_at_k_and_repeats_with_its_seed(tiny_world):
     from opdpipe.tasks.graders import scorer_for
     from opdpipe.tokenizer import load_tokenizer
@@ -123,6 +147,31 @@ def test_a_different_test_split_does_not_change_the_choice(tiny_world, tmp_path,
     b = run(_spec(tiny_world, tmp_path / "b", data=data), progress=False)
     assert a["best"] == b["best"] and a["best"]["step"] == 3
     assert _same(tmp_path / "a" / "best", tmp_path / "b" / "best")
+
+
+def test_real_validation_reads_the_first_validation_prompts_only(tiny_world, tmp_path, monkeypatch):
+    """The unscripted measure: with an unreadable test split, every validation scores the first
+    eval_size prompts of validation.jsonl (greedy and sampled) and the run ends normally."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_world / "data", data)
+    (data / "test.jsonl").write_text("this is not JSON\n")
+    seen, real_greedy, real_sampled = [], validation.greedy_accuracy, validation.sampled_accuracy
+
+    def greedy(model, tok, examples, *a, **k):
+        seen.append(("greedy", [e["prompt"] for e in examples]))
+        return real_greedy(model, tok, examples, *a, **k)
+
+    def sampled(model, tok, examples, *a, **k):
+        seen.append(("sampled", [e["prompt"] for e in examples]))
+        return real_sampled(model, tok, examples, *a, **k)
+
+    monkeypatch.setattr(validation, "greedy_accuracy", greedy)
+    monkeypatch.setattr(validation, "sampled_accuracy", sampled)
+    summary = run(_spec(tiny_world, tmp_path / "r", data=data, steps=2, eval_size=3), progress=False)
+    first = [r["prompt"] for r in read_jsonl(data / "validation.jsonl")[:3]]
+    assert [kind for kind, _ in seen] == ["greedy", "sampled"] * 3  # steps 0, 1 and 2
+    assert all(prompts == first for _, prompts in seen)
+    assert [step for step, _ in summary["val_avg_at_k"]] == [0, 1, 2]
 
 
 def test_resume_after_a_kill_keeps_the_best_so_far(tiny_world, tmp_path, monkeypatch):

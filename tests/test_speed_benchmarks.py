@@ -1,5 +1,6 @@
 """benchmarks/scaling.py and benchmarks/vs_trl.py: argument checks, the FLOP count against torch's own
-counter, a one-point scaling run, and (where TRL is installed) TRL's KL convention and a one-round run."""
+counter, a one-point scaling run, and (where TRL is installed) TRL's KL convention and a one-round run;
+the argument checks of sft_step.py and setup_install.sh."""
 import importlib.util
 import re
 import sys
@@ -152,3 +153,11 @@ def test_sft_step_plain_forward_is_the_transformers_forward_on_right_padded_rows
         got = sft_step.plain_logits(model, ids, attn)
     keep = attn.bool()
     assert (got[keep] - want[keep]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("rounds", ["0", "x", "-1", "2.5"])
+def test_setup_install_refuses_a_bad_round_count_before_building_anything(rounds):
+    import subprocess
+
+    r = subprocess.run(["bash", str(BENCH / "setup_install.sh"), rounds], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and f"rounds must be a positive whole number, got '{rounds}'" in r.stderr

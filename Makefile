@@ -29,9 +29,10 @@ WHERE := $(PY) -m opdpipe.cli where "$$CONFIG"
 SMOKE_DIR := $(CURDIR)/.cache/smoke-local
 
 # pip byte-compiles every file it installs on one core (about 50 of its 85 s here); installing with
-# --no-compile and then compiling the environment's site-packages on all cores does the same work in
-# about a third of the time. Like pip's own step, it skips files this Python cannot compile (e.g.
-# torch's 3.12-only test helper), so compile_dir's success flag is not an error.
+# --no-compile and then compiling the environment's site-packages on all cores writes the same .pyc
+# files (the whole set-up 1.27-1.28x faster on 2 cores: benchmarks/setup_install.sh). Like pip's own
+# step, it skips files this Python cannot compile (e.g. torch's 3.12-only test helper), so
+# compile_dir's success flag is not an error.
 PIP_INSTALL := -m pip install -q --disable-pip-version-check --no-compile
 BYTE_COMPILE := -c "import compileall, sysconfig; compileall.compile_dir(sysconfig.get_path('purelib'), quiet=2, workers=0)"
 

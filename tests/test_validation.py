@@ -155,18 +155,14 @@ def test_real_validation_reads_the_first_validation_prompts_only(tiny_world, tmp
     data = tmp_path / "data"
     shutil.copytree(tiny_world / "data", data)
     (data / "test.jsonl").write_text("this is not JSON\n")
-    seen, real_greedy, real_sampled = [], validation.greedy_accuracy, validation.sampled_accuracy
+    seen = []
 
-    def greedy(model, tok, examples, *a, **k):
-        seen.append(("greedy", [e["prompt"] for e in examples]))
-        return real_greedy(model, tok, examples, *a, **k)
+    def spy(kind, real):  # records the prompts, then measures for real
+        return lambda model, tok, examples, *a, **k: seen.append((kind, [e["prompt"] for e in examples])) or \
+            real(model, tok, examples, *a, **k)
 
-    def sampled(model, tok, examples, *a, **k):
-        seen.append(("sampled", [e["prompt"] for e in examples]))
-        return real_sampled(model, tok, examples, *a, **k)
-
-    monkeypatch.setattr(validation, "greedy_accuracy", greedy)
-    monkeypatch.setattr(validation, "sampled_accuracy", sampled)
+    monkeypatch.setattr(validation, "greedy_accuracy", spy("greedy", validation.greedy_accuracy))
+    monkeypatch.setattr(validation, "sampled_accuracy", spy("sampled", validation.sampled_accuracy))
     summary = run(_spec(tiny_world, tmp_path / "r", data=data, steps=2, eval_size=3), progress=False)
     first = [r["prompt"] for r in read_jsonl(data / "validation.jsonl")[:3]]
     assert [kind for kind, _ in seen] == ["greedy", "sampled"] * 3  # steps 0, 1 and 2

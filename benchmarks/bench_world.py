@@ -139,5 +139,44 @@ def matmul_gflops(n: int = 512, seconds: float = 1.0) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
+# ---------------------------------------------------------------- where a step's time goes, by kernel
+KERNELS = ("matmul", "attention", "sampling draws")
+_MATMUL = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"}
+
+
+def kernel_class(op: str) -> str | None:
+    """The class of a torch operator, by its profiler name: matrix multiplies; attention (the fused
+    scaled-dot-product kernels and their backward, the decode step's softmax); the exponential draws
+    torch.multinomial samples with (the same generator state must give the same tokens, so they stay);
+    None for everything else."""
+    if op in _MATMUL:
+        return "matmul"
+    if "scaled_dot_product" in op or op in ("aten::_softmax", "aten::_softmax_backward_data"):
+        return "attention"
+    return "sampling draws" if op == "aten::exponential_" else None
+
+
+def kernel_split(step, steps: int) -> dict:
+    """Run `step()` `steps` times under torch.profiler: seconds per step in each class of KERNELS (the
+    operators' own time) and the wall seconds per step (the profiler adds a little to every operator);
+    then one more step under torch's FlopCounterMode for the GFLOP its matmuls do."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = (time.perf_counter() - t0) / steps
+    s = dict.fromkeys(KERNELS, 0.0)
+    for e in prof.key_averages():
+        if kernel_class(e.key):
+            s[kernel_class(e.key)] += e.self_cpu_time_total / 1e6 / steps  # microseconds in all steps -> s/step
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = sum(n for op, n in counter.get_flop_counts()["Global"].items() if f"aten::{op.__name__.split('.')[0]}" in _MATMUL)
+    return {"s": s, "wall": wall, "matmul_gflop": flops / 1e9}
+
+
 def median(xs) -> float:
     return statistics.median(xs)

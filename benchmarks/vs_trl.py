@@ -47,6 +47,14 @@ computing its own prompt (as TRL and transformers' path do), and each of the 16 
 once (as opdpipe's fast path, opdpipe.fastlm, does: the least work the step needs), against the
 machine's single-thread float32 matmul rate measured here (512^3). TRL's full-sequence logits and
 full-vocabulary loss are extra arithmetic not counted.
+
+Kernel classes (`--kernels N`, default 5; 0 skips them): after the rounds, N more opdpipe steps run
+under torch.profiler (bench_world.kernel_split), giving the step's milliseconds in its matmuls (aten
+mm / bmm / addmm), its attention (the fused scaled-dot-product kernels, forward and backward, and the
+decode step's softmax) and torch.multinomial's exponential draws (fixed: the same generator state must
+give the same tokens), each operator's own time; one more step under torch's FlopCounterMode counts
+the matmuls' FLOPs. They are printed against a step 3x faster than TRL's median: how much of that
+budget these kernels alone take, as measured and with every matmul at the 512^3 rate.
 """
 from __future__ import annotations
 
@@ -72,14 +80,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=10, help="timed rounds per direction (one step of each side)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds per direction")
     p.add_argument("--directions", default="forward_kl,reverse_kl", help="comma-separated: forward_kl, reverse_kl")
+    p.add_argument("--kernels", type=int, default=5,
+                   help="opdpipe steps profiled after the rounds, for its time by kernel class (0: none)")
     p.add_argument("--workdir", default=None, help="keep the checkpoints and data here (default: a temp dir)")
     args = p.parse_args(argv)
     args.directions = [d for d in args.directions.split(",") if d]
     bad = [d for d in args.directions if d not in DIRECTIONS]
     if bad or not args.directions:
         p.error(f"--directions = {bad or args.directions}: allowed: {', '.join(DIRECTIONS)}")
-    if args.rounds < 1 or args.warmup < 0:
-        p.error(f"--rounds = {args.rounds}, --warmup = {args.warmup}: allowed: rounds >= 1, warmup >= 0")
+    if args.rounds < 1 or args.warmup < 0 or args.kernels < 0:
+        p.error(f"--rounds = {args.rounds}, --warmup = {args.warmup}, --kernels = {args.kernels}: "
+                "allowed: rounds >= 1, warmup >= 0, kernels >= 0")
     return args
 
 
@@ -137,8 +148,9 @@ def trl_trainer(world: dict, study: dict, beta: float, steps: int, out: Path, ca
     return trainer
 
 
-def interleaved(world: dict, study: dict, direction: str, rounds: int, warmup: int, out: Path) -> dict:
-    """TRL's step and opdpipe's step, alternating inside TRL's own training loop."""
+def interleaved(world: dict, study: dict, direction: str, rounds: int, warmup: int, out: Path):
+    """TRL's step and opdpipe's step, alternating inside TRL's own training loop; the rounds of each side
+    and opdpipe's run (to step on)."""
     from transformers import TrainerCallback
 
     opd = bw.OpdStep(world, study["hparams"], direction, "opd", out / "opd")
@@ -158,7 +170,7 @@ def interleaved(world: dict, study: dict, direction: str, rounds: int, warmup: i
     trainer.train()
     if torch.get_num_threads() != 1:
         raise RuntimeError(f"torch threads changed to {torch.get_num_threads()} during the run")
-    return {side: r[warmup:] for side, r in runs.items()}
+    return {side: r[warmup:] for side, r in runs.items()}, opd
 
 
 def summary(runs: list[dict], study: dict, vocab: int, peak: float) -> dict:
@@ -195,6 +207,24 @@ def report(direction: str, runs: dict, study: dict, vocab: int, peak: float) -> 
     return "\n".join(lines)
 
 
+def kernel_report(split: dict, trl_s: float, steps: int, peak: float) -> str:
+    """opdpipe's step by kernel class (bench_world.kernel_split) against a step 3x faster than TRL's,
+    as measured and with every matmul at the 512^3 rate `peak` (GFLOP/s)."""
+    ms = {k: 1e3 * v for k, v in split["s"].items()}
+    fixed, budget, wall = sum(ms.values()), 1e3 * trl_s / 3, 1e3 * split["wall"]
+    ideal = 1e3 * split["matmul_gflop"] / peak
+    floor = ideal + ms["attention"] + ms["sampling draws"]
+    rate = split["matmul_gflop"] / max(split["s"]["matmul"], 1e-12)
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in ms.items())
+    return (f"opdpipe's step by kernel class (torch.profiler, {steps} steps, ms/step): {parts}, everything else "
+            f"{wall - fixed:.1f} (wall {wall:.1f}); the matmuls did {split['matmul_gflop']:.2f} GFLOP at {rate:.1f} "
+            f"GFLOP/s ({100 * rate / peak:.0f}% of the 512^3 rate; {ideal:.1f} ms at that rate).\n"
+            f"A step 3x faster than TRL's median takes {budget:.1f} ms. Matmul + attention + sampling draws take "
+            f"{fixed:.1f} ms of it ({100 * fixed / budget:.0f}%), leaving {budget - fixed:.1f} ms for everything else; "
+            f"with every matmul at the 512^3 rate they would take {floor:.1f} ms ({100 * floor / budget:.0f}%), "
+            f"leaving {budget - floor:.1f} ms.")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -216,8 +246,11 @@ def main(argv=None) -> int:
                  "teacher": bw.make_checkpoint(root, "teacher", study["teacher"], study["seed"] + 1)}
         vocab = len(build_char_tokenizer())
         for direction in args.directions:
-            runs = interleaved(world, study, direction, args.rounds, args.warmup, root / direction)
+            runs, opd = interleaved(world, study, direction, args.rounds, args.warmup, root / direction)
             print(report(direction, runs, study, vocab, peak), flush=True)
+            if args.kernels:
+                trl_s = bw.median(r["s"] for r in runs["trl"])
+                print(kernel_report(bw.kernel_split(opd, args.kernels), trl_s, args.kernels, peak), flush=True)
     return 0
 
 

@@ -35,6 +35,8 @@ def test_vs_trl_arguments_are_checked_without_trl():
     assert vs_trl.parse_args([]).directions == ["forward_kl", "reverse_kl"]
     assert re.search(r"--directions = \['jsd'\]: allowed: forward_kl, reverse_kl",
                      _stderr_of(vs_trl.parse_args, ["--directions", "jsd"]))
+    assert re.search(r"--kernels = -1: allowed: rounds >= 1, warmup >= 0, kernels >= 0",
+                     _stderr_of(vs_trl.parse_args, ["--kernels", "-1"]))
 
 
 def _stderr_of(fn, argv) -> str:
@@ -113,6 +115,43 @@ def test_vs_trl_runs_one_round(tmp_path, capsys):
     out = capsys.readouterr().out
     assert re.search(r"^\| opdpipe \| [\d.]+ \| \d+ \|", out, re.M) and re.search(r"^\| trl \| [\d.]+ \| \d+ \|", out, re.M)
     assert re.search(r"TRL / opdpipe seconds per step: [\d.]+ \(ratio of medians\)", out)
+    assert re.search(r"by kernel class \(torch.profiler, 5 steps, ms/step\): matmul [\d.]+, attention [\d.]+, "
+                     r"sampling draws [\d.]+, everything else", out)
+
+
+def test_kernel_classes_name_the_step_kernels():
+    cls = {op: bw.kernel_class(op) for op in (
+        "aten::mm", "aten::bmm", "aten::addmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+        "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "aten::_softmax", "aten::_log_softmax",
+        "aten::exponential_", "aten::multinomial", "aten::mul", "Optimizer.step#AdamW.step")}
+    assert cls == {"aten::mm": "matmul", "aten::bmm": "matmul", "aten::addmm": "matmul",
+                   "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+                   "aten::_scaled_dot_product_flash_attention_for_cpu_backward": "attention",
+                   "aten::_softmax": "attention", "aten::_log_softmax": None, "aten::exponential_": "sampling draws",
+                   "aten::multinomial": None, "aten::mul": None, "Optimizer.step#AdamW.step": None}
+
+
+def test_kernel_split_times_each_class_and_counts_the_matmul_flops():
+    g = torch.Generator().manual_seed(0)
+    a, b, q = torch.randn(64, 96, generator=g), torch.randn(96, 128, generator=g), torch.randn(2, 4, 8, 16, generator=g)
+    probs = torch.rand(4, 99, generator=g)
+
+    def step():
+        torch.relu(a @ b)
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        torch.multinomial(probs, 1, generator=g)
+    out = bw.kernel_split(step, 3)
+    assert out["matmul_gflop"] == 2 * 64 * 96 * 128 / 1e9  # one step's matmul, by torch's counter
+    assert all(out["s"][k] > 0 for k in bw.KERNELS) and sum(out["s"].values()) < out["wall"]
+
+
+def test_kernel_report_sets_the_classes_against_a_3x_step():
+    split = {"s": {"matmul": 0.060, "attention": 0.020, "sampling draws": 0.003}, "wall": 0.130, "matmul_gflop": 5.5}
+    out = vs_trl.kernel_report(split, trl_s=0.270, steps=5, peak=110.0)
+    assert "matmul 60.0, attention 20.0, sampling draws 3.0, everything else 47.0 (wall 130.0)" in out
+    assert "5.50 GFLOP at 91.7 GFLOP/s (83% of the 512^3 rate; 50.0 ms at that rate)" in out
+    assert "takes 90.0 ms. Matmul + attention + sampling draws take 83.0 ms of it (92%), leaving 7.0 ms" in out
+    assert "at the 512^3 rate they would take 73.0 ms (81%), leaving 17.0 ms." in out
 
 
 def test_step_flops_shared_prompts_count_the_prompt_once():

@@ -141,11 +141,12 @@ def matmul_gflops(n: int = 512, seconds: float = 1.0) -> float:
 
 # ---------------------------------------------------------------- where a step's time goes, by kernel
 KERNELS = ("matmul", "attention", "sampling draws")
-_MATMUL = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"}
+_MATMUL = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "mkldnn::_linear_pointwise"}  # + opdpipe.onednn
 
 
 def kernel_class(op: str) -> str | None:
-    """The class of a torch operator, by its profiler name: matrix multiplies; attention (the fused
+    """The class of a torch operator, by its profiler name: matrix multiplies (MKL's, and oneDNN's inner
+    product, opdpipe.onednn); attention (the fused
     scaled-dot-product kernels and their backward, the decode step's softmax); the exponential draws
     torch.multinomial samples with (the same generator state must give the same tokens, so they stay);
     None for everything else."""
@@ -154,6 +155,25 @@ def kernel_class(op: str) -> str | None:
     if "scaled_dot_product" in op or op in ("aten::_softmax", "aten::_softmax_backward_data"):
         return "attention"
     return "sampling draws" if op == "aten::exponential_" else None
+
+
+def _op_name(op) -> str:
+    """The profiler's name of a FlopCounterMode key: aten.mm -> aten::mm."""
+    return str(op).split(".")[0] + "::" + op.__name__.split(".")[0]
+
+
+def _linear_pointwise_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """oneDNN's inner product (opdpipe.onednn) x [..., K] @ w[N, K].T, for torch's FlopCounterMode."""
+    rows = 1
+    for n in x_shape[:-1]:
+        rows *= n
+    return 2 * rows * w_shape[0] * w_shape[1]
+
+
+if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    from torch.utils.flop_counter import register_flop_formula
+
+    register_flop_formula(torch.ops.mkldnn._linear_pointwise)(_linear_pointwise_flops)
 
 
 def kernel_split(step, steps: int) -> dict:
@@ -174,7 +194,7 @@ def kernel_split(step, steps: int) -> dict:
             s[kernel_class(e.key)] += e.self_cpu_time_total / 1e6 / steps  # microseconds in all steps -> s/step
     with FlopCounterMode(display=False) as counter:
         step()
-    flops = sum(n for op, n in counter.get_flop_counts()["Global"].items() if f"aten::{op.__name__.split('.')[0]}" in _MATMUL)
+    flops = sum(n for op, n in counter.get_flop_counts()["Global"].items() if _op_name(op) in _MATMUL)
     return {"s": s, "wall": wall, "matmul_gflop": flops / 1e9}
 
 

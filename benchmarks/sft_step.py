@@ -56,18 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def plain_logits(model, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-    """model(input_ids=ids, attention_mask=attn).logits of right-padded rows, through fastlm's layers."""
-    net = fastlm._Net.of(model)
-    L = ids.shape[1]
-    causal = torch.ones(L, L, dtype=torch.bool).tril()
-    mask = (causal[None] & attn.bool()[:, None, :])[:, None]  # a padding key is never attended
-    x, _ = net.layers(net.embed(ids), net.rope(torch.arange(L).expand(ids.shape[0], -1)), mask)
-    return net.head(x)
-
-
 FORWARDS = {"transformers": lambda m, ids, attn: m(input_ids=ids, attention_mask=attn).logits,
-            "plain torch": plain_logits}
+            "plain torch": fastlm.logits}
 
 
 def batches(cfg: dict, args, root: Path, tok) -> tuple[list, dict, dict]:
@@ -112,7 +102,7 @@ def main(argv=None) -> int:
     model = build_model(block, tok, cfg["seed"])
     ids, attn, _ = steps[0]
     with torch.no_grad():
-        diff = (FORWARDS["transformers"](model, ids, attn) - plain_logits(model, ids, attn)).abs()
+        diff = (FORWARDS["transformers"](model, ids, attn) - fastlm.logits(model, ids, attn)).abs()
     tokens = statistics.mean(s[0].numel() for s in steps)
     width = statistics.mean(s[0].shape[1] for s in steps)
     flops = 3 * bw.forward_flops(block, len(tok), int(tokens), width / 2)

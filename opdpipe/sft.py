@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from opdpipe import fastlm
 
 Segments = list[tuple[str, bool]]  # response pieces and whether the loss learns them
 
@@ -57,11 +58,13 @@ def train_sft(model, tokenizer, pairs: list[tuple[str, str | Segments]], steps: 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(max(1, steps // 20), steps))
     model.train()
+    fast = fastlm.supports(model)
     t0, tokens, losses = time.perf_counter(), 0, []
     for step in range(steps):
         idx = torch.randint(len(data), (batch_size,), generator=gen).tolist()
         ids, attn, labels = (t.to(model.device) for t in collate([data[i] for i in idx], tokenizer.pad_token_id))
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # position t predicts token t+1
+        logits = (fastlm.logits(model, ids, attn) if fast else  # the embedded models: opdpipe.fastlm
+                  model(input_ids=ids, attention_mask=attn).logits)[:, :-1]  # position t predicts token t+1
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                                  labels[:, 1:].reshape(-1), ignore_index=-100,
                                                  label_smoothing=label_smoothing)

@@ -1,9 +1,11 @@
 """The fast path (opdpipe.fastlm) against the reference transformers path: same sampled tokens for the
-same seed, log-probs and gradients within float rounding, and the models it must leave alone."""
+same seed, log-probs and gradients within float rounding, and the models it must leave alone. Every
+test runs twice: with the fast path's matmuls on MKL (opdpipe.onednn disabled) and with all of them
+on oneDNN (its size threshold at 0, since these test models are smaller than it)."""
 import pytest
 import torch
 
-from opdpipe import fastlm
+from opdpipe import fastlm, onednn
 from opdpipe.generation import sample
 from opdpipe.models import build_model
 from opdpipe.scoring import sequence_logprobs, teacher_logprobs
@@ -11,6 +13,17 @@ from opdpipe.tokenizer import build_char_tokenizer
 
 SPEC = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
         "max_position_embeddings": 128}
+
+
+@pytest.fixture(autouse=True, params=["mkl", "onednn"])
+def gemm(request, monkeypatch):
+    if request.param == "onednn":
+        assert onednn.available()
+        monkeypatch.setattr(onednn, "MIN_MACS", 0)
+        yield
+    else:
+        with onednn.disabled():
+            yield
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +83,25 @@ def test_gradients_match_the_reference(world):
     for name in ref:
         scale = ref[name].abs().max().clamp_min(1e-12)
         assert (fast[name] - ref[name]).abs().max() / scale < 1e-5, name
+
+
+def test_sft_logits_match_the_reference_on_right_padded_rows(world):
+    """fastlm.logits (train_sft's forward on the embedded models): transformers' logits and gradients."""
+    tok, student, _, _ = world
+    ids = torch.randint(3, len(tok), (3, 12), generator=torch.Generator().manual_seed(0))
+    attn = (torch.arange(12)[None] < torch.tensor([[12], [7], [3]])).long()  # right padding
+    keep = attn.bool()
+
+    def loss_and_grads():
+        student.zero_grad(set_to_none=True)
+        out = fastlm.logits(student, ids, attn) if fastlm.supports(student) else \
+            student(input_ids=ids, attention_mask=attn).logits
+        out[keep].logsumexp(-1).sum().backward()
+        return out.detach()[keep], [p.grad.clone() for p in student.parameters()]
+    (fast, g_fast), (ref, g_ref) = both(loss_and_grads)
+    assert (fast - ref).abs().max() < 1e-5
+    assert all((a - b).abs().max() < 1e-5 for a, b in zip(g_fast, g_ref))
+    student.zero_grad(set_to_none=True)
 
 
 def test_distinct_contexts_keep_first_seen_order():

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from opdpipe import onednn
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 import bench_world as bw  # noqa: E402
@@ -121,10 +123,11 @@ def test_vs_trl_runs_one_round(tmp_path, capsys):
 
 def test_kernel_classes_name_the_step_kernels():
     cls = {op: bw.kernel_class(op) for op in (
-        "aten::mm", "aten::bmm", "aten::addmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+        "aten::mm", "aten::bmm", "aten::addmm", "mkldnn::_linear_pointwise", "aten::_scaled_dot_product_flash_attention_for_cpu",
         "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "aten::_softmax", "aten::_log_softmax",
         "aten::exponential_", "aten::multinomial", "aten::mul", "Optimizer.step#AdamW.step")}
     assert cls == {"aten::mm": "matmul", "aten::bmm": "matmul", "aten::addmm": "matmul",
+                   "mkldnn::_linear_pointwise": "matmul",
                    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
                    "aten::_scaled_dot_product_flash_attention_for_cpu_backward": "attention",
                    "aten::_softmax": "attention", "aten::_log_softmax": None, "aten::exponential_": "sampling draws",
@@ -136,12 +139,15 @@ def test_kernel_split_times_each_class_and_counts_the_matmul_flops():
     a, b, q = torch.randn(64, 96, generator=g), torch.randn(96, 128, generator=g), torch.randn(2, 4, 8, 16, generator=g)
     probs = torch.rand(4, 99, generator=g)
 
+    x, w = torch.randn(1984, 64, generator=g), torch.randn(512, 64, generator=g)
+
     def step():
         torch.relu(a @ b)
+        onednn.linear(x, w)  # oneDNN's inner product: a matmul too
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
         torch.multinomial(probs, 1, generator=g)
     out = bw.kernel_split(step, 3)
-    assert out["matmul_gflop"] == 2 * 64 * 96 * 128 / 1e9  # one step's matmul, by torch's counter
+    assert out["matmul_gflop"] == 2 * (64 * 96 * 128 + 1984 * 64 * 512) / 1e9  # one step's, by torch's counter
     assert all(out["s"][k] > 0 for k in bw.KERNELS) and sum(out["s"].values()) < out["wall"]
 
 
@@ -174,24 +180,6 @@ def test_sft_step_arguments_are_checked_before_any_work():
                           (["--task", "chess"], r"--task = 'chess': allowed: math, tooluse"),
                           (["--steps", "0"], r"--steps = 0, --rounds = 3: allowed: both >= 1")]:
         assert re.search(message, _stderr_of(sft_step.parse_args, argv)), argv
-
-
-def test_sft_step_plain_forward_is_the_transformers_forward_on_right_padded_rows():
-    """The comparison forward of benchmarks/sft_step.py computes what train_sft's model call does."""
-    import sft_step
-
-    from opdpipe.models import build_model
-    from opdpipe.tokenizer import build_char_tokenizer
-
-    tok = build_char_tokenizer()
-    model = build_model(bw.default_study()["student"], tok, 0)
-    ids = torch.randint(3, len(tok), (3, 12), generator=torch.Generator().manual_seed(0))
-    attn = (torch.arange(12)[None] < torch.tensor([[12], [7], [3]])).long()  # right padding
-    with torch.no_grad():
-        want = model(input_ids=ids, attention_mask=attn).logits
-        got = sft_step.plain_logits(model, ids, attn)
-    keep = attn.bool()
-    assert (got[keep] - want[keep]).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("rounds", ["0", "x", "-1", "2.5"])

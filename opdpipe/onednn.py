@@ -1,0 +1,75 @@
+"""Float32 linear layers on the CPU through oneDNN: the fast path's matrix multiplies.
+
+torch runs a float32 `F.linear` through MKL's sgemm, which on AMD CPUs takes its AVX2 code even where
+the CPU has AVX-512 (measured here, an AMD EPYC with AVX-512: 110-114 GFLOP/s on one thread). torch
+also ships oneDNN, whose kernels pick the CPU's widest vector unit by its features: 245-260 GFLOP/s
+on the same core, 2.2-2.3x on the fast path's large shapes (benchmarks/vs_trl.py prints the step's
+matmul rate). `linear(x, w)` is `F.linear(x, w)` (no bias) through oneDNN's inner product, forward
+and backward, for float32 CPU tensors of at least MIN_MACS multiply-adds; smaller ones (a decode
+step's 64-row projections, where oneDNN's per-call cost is larger than its gain) and anything else
+(other dtypes, other devices, a torch without oneDNN) take `F.linear`.
+
+The same math in another order: a dot product over up to 96 inputs gives the same bits as MKL's
+(one block), a longer one can differ in the last bits; tests/test_onednn.py holds values and
+gradients to F.linear within float32 rounding. Same machine, same thread count: the same numbers,
+run after run.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+MIN_MACS = 1 << 22  # below this (e.g. 64 x 64 x 192), oneDNN's per-call cost outweighs its faster kernel
+_ENABLED = [True]
+
+
+@contextlib.contextmanager
+def disabled():
+    """Every linear through F.linear (MKL) inside this block: for tests and before/after benchmarks."""
+    _ENABLED.append(False)
+    try:
+        yield
+    finally:
+        _ENABLED.pop()
+
+
+def available() -> bool:
+    return _ENABLED[-1] and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _mm(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """a @ w.T through oneDNN: a [..., K] (made contiguous if it is not), w [N, K] (any strides)."""
+    return torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return _mm(x, w)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+        gx = _mm(g, w.t()) if ctx.needs_input_grad[0] else None  # g @ w; w.t() is read in place
+        gw = None
+        if ctx.needs_input_grad[1]:  # g2.T @ x2 [N, K]: the narrower operand is the one copied to rows
+            gw = _mm(g2.t(), x2.t()) if g2.shape[1] <= x2.shape[1] else _mm(x2.t(), g2.t()).t()
+        return gx, gw
+
+
+def _eligible(x: torch.Tensor, w: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and w.dim() == 2
+            and x.numel() // max(x.shape[-1], 1) * w.numel() >= MIN_MACS and available())
+
+
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """F.linear(x, w), no bias, through oneDNN where that is faster (module docstring)."""
+    if not _eligible(x, w):
+        return F.linear(x, w)
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        return _Linear.apply(x, w)
+    return _mm(x, w)

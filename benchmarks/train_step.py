@@ -1,8 +1,9 @@
 """Time default OPD runs (one variant, one seed, one thread) and their per-step split, on the fast path
-(opdpipe.fastlm) and on the reference transformers path, interleaved in one process.
+(opdpipe.fastlm), on the fast path with its matmuls on MKL (opdpipe.onednn disabled) and on the
+reference transformers path, interleaved in one process.
 
     python benchmarks/train_step.py [--config configs/default.yaml] [--task math] [--variant reverse_kl-opd]
-                                    [--steps N] [--rounds R] [--paths fast,reference]
+                                    [--steps N] [--rounds R] [--paths fast,fast-mkl,reference]
 
 Needs the study's world (data, teacher, SFT-init) under results/<study>/, as `make reproduce`
 (or `snakemake results/<study>/<task>/sft_init/manifest.json --cores all`) makes it. Writes the
@@ -20,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from opdpipe import fastlm, trainer
+from opdpipe import fastlm, onednn, trainer
 from opdpipe.backends.study import backend_block
 from opdpipe.config import load, opd_hparams, variants
 from opdpipe.layout import Layout
 
 PARTS = ("rollout", "teacher", "update")
-PATHS = {"fast": contextlib.nullcontext, "reference": fastlm.disabled}
+PATHS = {"fast": contextlib.nullcontext, "fast-mkl": onednn.disabled, "reference": fastlm.disabled}
 
 
 def one_run(cfg, lay, task, variant, steps, path) -> dict:
@@ -54,7 +55,7 @@ def main():
     p.add_argument("--variant", default="reverse_kl-opd")
     p.add_argument("--steps", type=int, default=0, help="0: the config's steps (with its validation and checkpoints)")
     p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--paths", default="fast,reference")
+    p.add_argument("--paths", default="fast,fast-mkl,reference")
     args = p.parse_args()
     paths = args.paths.split(",")
     unknown = set(paths) - set(PATHS)
@@ -76,9 +77,10 @@ def main():
         step = sum(m[k] for k in PARTS)
         print(f"{path:<10} {m['wall']:7.1f} {m['cpu']:7.1f} {1000 * step:8.0f} "
               + " ".join(f"{1000 * m[k]:6.0f} ({100 * m[k] / step:2.0f}%)" for k in PARTS) + f" {m['tokens_per_s']:9.0f}")
-    if len(paths) == 2:
-        a, b = (med[k] for k in paths)
-        print(f"{paths[1]} / {paths[0]}: wall {b['wall'] / a['wall']:.2f}x, per step "
+    a = med[paths[0]]
+    for other in paths[1:]:
+        b = med[other]
+        print(f"{other} / {paths[0]}: wall {b['wall'] / a['wall']:.2f}x, per step "
               f"{sum(b[k] for k in PARTS) / sum(a[k] for k in PARTS):.2f}x")
     print("final val greedy acc: " + ", ".join(f"{k} {rs[-1]['val']}" for k, rs in res.items()))
 

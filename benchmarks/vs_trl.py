@@ -30,7 +30,8 @@ What one step includes, timed:
            metrics (decoding the 64 responses, grading them, loss statistics). Not included:
            validation, the bias meter and checkpoints (set to never; `trainer.run` does them every
            10-25 steps). At this version the embedded models run these passes through
-           opdpipe.fastlm (plain torch, each distinct prompt computed once for its 4 rollouts).
+           opdpipe.fastlm (plain torch, each distinct prompt computed once for its 4 rollouts),
+           its larger matmuls through oneDNN (opdpipe.onednn), as the study's runs do.
   TRL      transformers.Trainer's optimizer step from on_step_begin to on_step_end with
            GKDTrainer.training_step: `model.generate` of the 64 rollouts (KV cache), completion
            masks, one student forward and one no-grad teacher forward over the whole sequence (full
@@ -39,7 +40,8 @@ What one step includes, timed:
            on_step_begin; 16 pre-tokenized prompts). Switched off: evaluation, logging, saving, hub,
            report_to, bf16 (TRL's default; opdpipe runs float32), gradient checkpointing (TRL's
            default; it also turns off the KV cache in generation), any reference model (the teacher
-           is the only other model), dropout (none in these models).
+           is the only other model), dropout (none in these models). Its matmuls are torch's
+           nn.Linear (MKL), as a TRL user's are.
 
 FLOPs: the work the step needs on each side's own batch shapes (bench_world.step_flops: rollout
 prefill + cached decode, teacher scoring, student forward + backward), counted two ways: every row
@@ -60,6 +62,7 @@ budget these kernels alone take, as measured and with every matmul at the 512^3 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -70,6 +73,7 @@ from pathlib import Path
 import torch
 
 import bench_world as bw
+from opdpipe import onednn
 from opdpipe.tokenizer import build_char_tokenizer
 
 DIRECTIONS = {"forward_kl": 0.0, "reverse_kl": 1.0}  # opdpipe divergence -> TRL GKD beta
@@ -81,6 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=10, help="timed rounds per direction (one step of each side)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds per direction")
     p.add_argument("--directions", default="forward_kl,reverse_kl", help="comma-separated: forward_kl, reverse_kl")
+    p.add_argument("--matmul", default="onednn", choices=["onednn", "mkl"],
+                   help="opdpipe's larger matmuls: oneDNN (as its runs do) or MKL (TRL's: the same library both sides)")
     p.add_argument("--kernels", type=int, default=5,
                    help="opdpipe steps profiled after the rounds, for its time by kernel class (0: none)")
     p.add_argument("--workdir", default=None, help="keep the checkpoints and data here (default: a temp dir)")
@@ -226,6 +232,11 @@ def kernel_report(split: dict, trl_s: float, steps: int, peak: float) -> str:
             f"leaving {budget - floor:.1f} ms.")
 
 
+def _matmuls(which: str):
+    """opdpipe's larger matmuls on oneDNN (its default) or on MKL (TRL's library) inside this block."""
+    return onednn.disabled() if which == "mkl" else contextlib.nullcontext()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -237,8 +248,8 @@ def main(argv=None) -> int:
     bw.quiet()
     study = bw.default_study(args.config)
     peak = bw.matmul_gflops()
-    print(f"trl {trl.__version__}, torch {torch.__version__}, 1 thread; single-thread float32 matmul (512^3): "
-          f"{peak:.1f} GFLOP/s; {study['hparams']['prompts_per_step']} prompts x {study['hparams']['group_size']} "
+    print(f"trl {trl.__version__}, torch {torch.__version__}, 1 thread, opdpipe's matmuls: {args.matmul}; "
+          f"single-thread float32 matmul (512^3): {peak:.1f} GFLOP/s; {study['hparams']['prompts_per_step']} prompts x {study['hparams']['group_size']} "
           f"rollouts, {study['hparams']['max_new_tokens']} new tokens", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.workdir or tmp)
@@ -248,11 +259,13 @@ def main(argv=None) -> int:
         vocab = len(build_char_tokenizer())
         timed = []
         for direction in args.directions:
-            runs, opd = interleaved(world, study, direction, args.rounds, args.warmup, root / direction)
+            with _matmuls(args.matmul):
+                runs, opd = interleaved(world, study, direction, args.rounds, args.warmup, root / direction)
             print(report(direction, runs, study, vocab, peak), flush=True)
             timed.append((direction, bw.median(r["s"] for r in runs["trl"]), opd))
         for direction, trl_s, opd in timed if args.kernels else []:  # after every timed round: profiling once
-            split = bw.kernel_split(opd, args.kernels)  # made a later direction's TRL steps ~20% faster
+            with _matmuls(args.matmul):
+                split = bw.kernel_split(opd, args.kernels)  # made a later direction's TRL steps ~20% faster
             print(f"\n{direction}: " + kernel_report(split, trl_s, args.kernels, peak), flush=True)
     return 0
 

@@ -9,10 +9,11 @@ rounding (tests/test_fastlm.py holds them to the reference path within 1e-5):
 - a prompt shared by the G rollouts of a group runs once: its keys and values are computed for the
   distinct prompts and gathered per row, in rollouts, teacher scoring and the update alike (the
   gradient through a shared prompt sums over its rows, as it does when every row recomputes it).
-Their float32 matrix multiplies go through oneDNN (opdpipe.onednn: the CPU's widest vector unit,
-2.2-2.3x MKL's rate on an AVX-512 AMD CPU). Models it does not cover (other architectures, grouped-query attention, biases, scaled rotary
-positions, attention dropout, weights other than float32, gradient checkpointing, a DDP or LoRA
-wrapper) take the reference path: `supports(model)` decides.
+Its larger float32 matrix multiplies go through oneDNN (opdpipe.onednn: the CPU's widest vector
+unit; about twice MKL's rate on an AVX-512 AMD CPU), in the gradient too. Models it does not cover
+(other architectures, grouped-query attention, biases, scaled rotary positions, attention dropout,
+weights other than float32, gradient checkpointing, a DDP or LoRA wrapper) take the reference path:
+`supports(model)` decides.
 """
 from __future__ import annotations
 

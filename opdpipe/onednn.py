@@ -3,11 +3,11 @@
 torch runs a float32 `F.linear` through MKL's sgemm, which on AMD CPUs takes its AVX2 code even where
 the CPU has AVX-512 (measured here, an AMD EPYC with AVX-512: 110-114 GFLOP/s on one thread). torch
 also ships oneDNN, whose kernels pick the CPU's widest vector unit by its features: 245-260 GFLOP/s
-on the same core, 2.2-2.3x on the fast path's large shapes (benchmarks/vs_trl.py prints the step's
-matmul rate). `linear(x, w)` is `F.linear(x, w)` (no bias) through oneDNN's inner product, forward
-and backward, for float32 CPU tensors of at least MIN_MACS multiply-adds; smaller ones (a decode
-step's 64-row projections, where oneDNN's per-call cost is larger than its gain) and anything else
-(other dtypes, other devices, a torch without oneDNN) take `F.linear`.
+on the same core, about 2x at the fast path's large shapes (benchmarks/gemm_rate.py prints both).
+`linear(x, w)` is `F.linear(x, w)` (no bias) through oneDNN's inner product, forward and backward,
+for float32 CPU tensors of at least MIN_MACS multiply-adds; smaller ones (a decode step's 64-row
+projections, where oneDNN's per-call cost eats its gain) and anything else (other dtypes, other
+devices, a torch without oneDNN) take `F.linear`.
 
 The same math in another order: a dot product over up to 96 inputs gives the same bits as MKL's
 (one block), a longer one can differ in the last bits; tests/test_onednn.py holds values and
@@ -21,7 +21,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-MIN_MACS = 1 << 22  # below this (e.g. 64 x 64 x 192), oneDNN's per-call cost outweighs its faster kernel
+MIN_MACS = 1 << 22  # 4.2 M: a decode step's largest projection (64 x 64 x 512, 2.1 M) stays on F.linear
 _ENABLED = [True]
 
 

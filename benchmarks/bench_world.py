@@ -123,17 +123,17 @@ def step_flops(student: dict, teacher: dict, vocab: int, rollouts: int, prompt: 
     return {"rollout": roll, "teacher": teach, "update": update, "total": roll + teach + update}
 
 
-def matmul_gflops(n: int = 512, seconds: float = 1.0) -> float:
-    """Best single-thread float32 GFLOP/s of an n x n x n matmul over a few repeats (the machine's limit
-    for this arithmetic; a tiny model's own matmuls run below it)."""
+def matmul_gflops(n: int = 512, seconds: float = 1.0, mm=torch.mm) -> float:
+    """Best single-thread float32 GFLOP/s of an n x n x n matmul `mm(a, b)` (torch's: MKL) over a few
+    repeats (the library's limit for this arithmetic; a tiny model's own matmuls run below it)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
+    mm(a, b)
     best, t_end = float("inf"), time.perf_counter() + seconds
     while time.perf_counter() < t_end:
         t0 = time.perf_counter()
-        a @ b
+        mm(a, b)
         best = min(best, time.perf_counter() - t0)
     torch.set_num_threads(threads)
     return 2 * n ** 3 / best / 1e9

@@ -7,12 +7,13 @@ The model is the default study's teacher (or student) block, random-init (the sh
 not the weights); the batches are drawn as train_sft draws them from the task's reference solutions
 (with the teacher's extra error copies), right-padded to the longest row. Two forwards, interleaved
 round by round in one process, one torch thread:
-  transformers  model(input_ids, attention_mask).logits, as train_sft runs it;
-  plain torch   the same Llama math through opdpipe.fastlm's layers (fused projections, no mask
-                builders or output classes), to show how much of the step is framework overhead.
+  transformers  model(input_ids, attention_mask).logits (its matmuls on MKL), as train_sft runs
+                models outside the fast path;
+  fast path     opdpipe.fastlm.logits, as train_sft runs the embedded models: the same Llama math
+                through fastlm's layers, its larger matmuls on oneDNN (opdpipe.onednn).
 Printed: ms per step (median over rounds), padded tokens per second, the step's FLOPs (forward +
-backward = 3 x forward, the output head on every position) and their share of the single-thread
-float32 matmul rate measured here, and the largest logit difference between the two forwards.
+backward = 3 x forward, the output head on every position) and their share of MKL's single-thread
+float32 matmul rate (512^3) measured here, and the largest logit difference between the two forwards.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 FORWARDS = {"transformers": lambda m, ids, attn: m(input_ids=ids, attention_mask=attn).logits,
-            "plain torch": fastlm.logits}
+            "fast path": fastlm.logits}
 
 
 def batches(cfg: dict, args, root: Path, tok) -> tuple[list, dict, dict]:
@@ -113,13 +114,13 @@ def main(argv=None) -> int:
     print(f"{args.who} SFT step ({args.task}): batch {settings['batch_size']}, mean padded width {width:.0f}, "
           f"{flops / 1e9:.2f} GFLOP/step; single-thread float32 matmul (512^3): {peak:.1f} GFLOP/s; "
           f"max |logit difference| {diff.max().item():.2e}")
-    print("| forward | ms/step | padded tokens/s | % of matmul rate |\n|---|---:|---:|---:|")
+    print("| forward | ms/step | padded tokens/s | % of MKL's matmul rate |\n|---|---:|---:|---:|")
     for name, ts in times.items():
         s = statistics.median(ts)
         print(f"| {name} | {1e3 * s:.0f} | {tokens / s:.0f} | {100 * flops / s / 1e9 / peak:.0f} |")
     steps_cfg = settings["steps"]
-    print(f"{steps_cfg} steps (the config's) at the transformers median: "
-          f"{steps_cfg * statistics.median(times['transformers']):.0f} s")
+    print(f"{steps_cfg} steps (the config's) at the median of each: "
+          + ", ".join(f"{name} {steps_cfg * statistics.median(ts):.0f} s" for name, ts in times.items()))
     return 0
 
 

@@ -57,7 +57,8 @@ mm / bmm / addmm), its attention (the fused scaled-dot-product kernels, forward 
 decode step's softmax) and torch.multinomial's exponential draws (fixed: the same generator state must
 give the same tokens), each operator's own time; one more step under torch's FlopCounterMode counts
 the matmuls' FLOPs. They are printed against a step 3x faster than TRL's median: how much of that
-budget these kernels alone take, as measured and with every matmul at the 512^3 rate.
+budget these kernels alone take, as measured and with every matmul at the 512^3 rate of its library
+(oneDNN's, or MKL's with `--matmul mkl`).
 """
 from __future__ import annotations
 
@@ -216,7 +217,7 @@ def report(direction: str, runs: dict, study: dict, vocab: int, peak: float) -> 
 
 def kernel_report(split: dict, trl_s: float, steps: int, peak: float) -> str:
     """opdpipe's step by kernel class (bench_world.kernel_split) against a step 3x faster than TRL's,
-    as measured and with every matmul at the 512^3 rate `peak` (GFLOP/s)."""
+    as measured and with every matmul at `peak` (GFLOP/s), the 512^3 rate of its matmul library."""
     ms = {k: 1e3 * v for k, v in split["s"].items()}
     fixed, budget, wall = sum(ms.values()), 1e3 * trl_s / 3, 1e3 * split["wall"]
     ideal = 1e3 * split["matmul_gflop"] / peak
@@ -225,10 +226,10 @@ def kernel_report(split: dict, trl_s: float, steps: int, peak: float) -> str:
     parts = ", ".join(f"{k} {v:.1f}" for k, v in ms.items())
     return (f"opdpipe's step by kernel class (torch.profiler, {steps} steps, ms/step): {parts}, everything else "
             f"{wall - fixed:.1f} (wall {wall:.1f}); the matmuls did {split['matmul_gflop']:.2f} GFLOP at {rate:.1f} "
-            f"GFLOP/s ({100 * rate / peak:.0f}% of the 512^3 rate; {ideal:.1f} ms at that rate).\n"
+            f"GFLOP/s ({100 * rate / peak:.0f}% of its library's 512^3 rate; {ideal:.1f} ms at that rate).\n"
             f"A step 3x faster than TRL's median takes {budget:.1f} ms. Matmul + attention + sampling draws take "
             f"{fixed:.1f} ms of it ({100 * fixed / budget:.0f}%), leaving {budget - fixed:.1f} ms for everything else; "
-            f"with every matmul at the 512^3 rate they would take {floor:.1f} ms ({100 * floor / budget:.0f}%), "
+            f"with every matmul at that rate they would take {floor:.1f} ms ({100 * floor / budget:.0f}%), "
             f"leaving {budget - floor:.1f} ms.")
 
 
@@ -248,8 +249,10 @@ def main(argv=None) -> int:
     bw.quiet()
     study = bw.default_study(args.config)
     peak = bw.matmul_gflops()
+    own = bw.matmul_gflops(mm=onednn._mm) if args.matmul == "onednn" and onednn.available() else peak
     print(f"trl {trl.__version__}, torch {torch.__version__}, 1 thread, opdpipe's matmuls: {args.matmul}; "
-          f"single-thread float32 matmul (512^3): {peak:.1f} GFLOP/s; {study['hparams']['prompts_per_step']} prompts x {study['hparams']['group_size']} "
+          f"single-thread float32 matmul (512^3): MKL {peak:.1f}, opdpipe's library {own:.1f} GFLOP/s; "
+          f"{study['hparams']['prompts_per_step']} prompts x {study['hparams']['group_size']} "
           f"rollouts, {study['hparams']['max_new_tokens']} new tokens", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.workdir or tmp)
@@ -266,7 +269,7 @@ def main(argv=None) -> int:
         for direction, trl_s, opd in timed if args.kernels else []:  # after every timed round: profiling once
             with _matmuls(args.matmul):
                 split = bw.kernel_split(opd, args.kernels)  # made a later direction's TRL steps ~20% faster
-            print(f"\n{direction}: " + kernel_report(split, trl_s, args.kernels, peak), flush=True)
+            print(f"\n{direction}: " + kernel_report(split, trl_s, args.kernels, own), flush=True)
     return 0
 
 

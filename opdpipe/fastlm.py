@@ -17,25 +17,20 @@ weights other than float32, gradient checkpointing, a DDP or LoRA wrapper) take 
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from opdpipe.onednn import linear
+from opdpipe.toggles import Toggle
 
-_ENABLED = [True]
+_SWITCH = Toggle()
 
 
-@contextlib.contextmanager
 def disabled():
     """Run the reference (transformers) path inside this block: for tests and before/after benchmarks."""
-    _ENABLED.append(False)
-    try:
-        yield
-    finally:
-        _ENABLED.pop()
+    return _SWITCH.disabled()
 
 
 def supports(model) -> bool:
@@ -43,7 +38,7 @@ def supports(model) -> bool:
     DDP or LoRA wrapper) in float32, without the config features this forward leaves out."""
     from transformers import LlamaForCausalLM
 
-    if not _ENABLED[-1] or type(model) is not LlamaForCausalLM or getattr(model, "peft_config", None):
+    if not _SWITCH.on or type(model) is not LlamaForCausalLM or getattr(model, "peft_config", None):
         return False
     c = model.config
     rope = getattr(c, "rope_parameters", None) or {}

@@ -16,27 +16,22 @@ run after run.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
+from opdpipe.toggles import Toggle
+
 MIN_MACS = 1 << 22  # 4.2 M: a decode step's largest projection (64 x 64 x 512, 2.1 M) stays on F.linear
-_ENABLED = [True]
+_SWITCH = Toggle()
 
 
-@contextlib.contextmanager
 def disabled():
     """Every linear through F.linear (MKL) inside this block: for tests and before/after benchmarks."""
-    _ENABLED.append(False)
-    try:
-        yield
-    finally:
-        _ENABLED.pop()
+    return _SWITCH.disabled()
 
 
 def available() -> bool:
-    return _ENABLED[-1] and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return _SWITCH.on and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def _mm(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -155,9 +155,9 @@ def test_kernel_report_sets_the_classes_against_a_3x_step():
     split = {"s": {"matmul": 0.060, "attention": 0.020, "sampling draws": 0.003}, "wall": 0.130, "matmul_gflop": 5.5}
     out = vs_trl.kernel_report(split, trl_s=0.270, steps=5, peak=110.0)
     assert "matmul 60.0, attention 20.0, sampling draws 3.0, everything else 47.0 (wall 130.0)" in out
-    assert "5.50 GFLOP at 91.7 GFLOP/s (83% of the 512^3 rate; 50.0 ms at that rate)" in out
+    assert "5.50 GFLOP at 91.7 GFLOP/s (83% of its library's 512^3 rate; 50.0 ms at that rate)" in out
     assert "takes 90.0 ms. Matmul + attention + sampling draws take 83.0 ms of it (92%), leaving 7.0 ms" in out
-    assert "at the 512^3 rate they would take 73.0 ms (81%), leaving 17.0 ms." in out
+    assert "with every matmul at that rate they would take 73.0 ms (81%), leaving 17.0 ms." in out
 
 
 def test_step_flops_shared_prompts_count_the_prompt_once():

@@ -146,10 +146,9 @@ _MATMUL = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "mkldnn::_li
 
 def kernel_class(op: str) -> str | None:
     """The class of a torch operator, by its profiler name: matrix multiplies (MKL's, and oneDNN's inner
-    product, opdpipe.onednn); attention (the fused
-    scaled-dot-product kernels and their backward, the decode step's softmax); the exponential draws
-    torch.multinomial samples with (the same generator state must give the same tokens, so they stay);
-    None for everything else."""
+    product, opdpipe.onednn); attention (the fused scaled-dot-product kernels and their backward, the
+    decode step's softmax); the exponential draws torch.multinomial samples with (the same generator
+    state must give the same tokens, so they stay); None for everything else."""
     if op in _MATMUL:
         return "matmul"
     if "scaled_dot_product" in op or op in ("aten::_softmax", "aten::_softmax_backward_data"):
@@ -190,8 +189,8 @@ def kernel_split(step, steps: int) -> dict:
         wall = (time.perf_counter() - t0) / steps
     s = dict.fromkeys(KERNELS, 0.0)
     for e in prof.key_averages():
-        if kernel_class(e.key):
-            s[kernel_class(e.key)] += e.self_cpu_time_total / 1e6 / steps  # microseconds in all steps -> s/step
+        if kind := kernel_class(e.key):
+            s[kind] += e.self_cpu_time_total / 1e6 / steps  # microseconds in all steps -> s/step
     with FlopCounterMode(display=False) as counter:
         step()
     flops = sum(n for op, n in counter.get_flop_counts()["Global"].items() if _op_name(op) in _MATMUL)

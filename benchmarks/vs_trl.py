@@ -53,7 +53,7 @@ full-vocabulary loss are extra arithmetic not counted.
 Kernel classes (`--kernels N`, default 5; 0 skips them): after every direction's rounds (a profiled
 run made the next direction's TRL steps ~20% faster here), N more opdpipe steps of each direction run
 under torch.profiler (bench_world.kernel_split), giving the step's milliseconds in its matmuls (aten
-mm / bmm / addmm), its attention (the fused scaled-dot-product kernels, forward and backward, and the
+mm / bmm / addmm and oneDNN's inner product), its attention (the fused scaled-dot-product kernels, forward and backward, and the
 decode step's softmax) and torch.multinomial's exponential draws (fixed: the same generator state must
 give the same tokens), each operator's own time; one more step under torch's FlopCounterMode counts
 the matmuls' FLOPs. They are printed against a step 3x faster than TRL's median: how much of that

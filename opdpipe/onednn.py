@@ -23,6 +23,7 @@ from opdpipe.toggles import Toggle
 
 MIN_MACS = 1 << 22  # 4.2 M: a decode step's largest projection (64 x 64 x 512, 2.1 M) stays on F.linear
 _SWITCH = Toggle()
+_BUILT_IN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")  # looked up once
 
 
 def disabled():
@@ -31,7 +32,7 @@ def disabled():
 
 
 def available() -> bool:
-    return _SWITCH.on and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return _SWITCH.on and _BUILT_IN
 
 
 def _mm(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -48,10 +49,10 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
-        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
         gx = _mm(g, w.t()) if ctx.needs_input_grad[0] else None  # g @ w; w.t() is read in place
         gw = None
         if ctx.needs_input_grad[1]:  # g2.T @ x2 [N, K]: the narrower operand is the one copied to rows
+            g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
             gw = _mm(g2.t(), x2.t()) if g2.shape[1] <= x2.shape[1] else _mm(x2.t(), g2.t()).t()
         return gx, gw
 

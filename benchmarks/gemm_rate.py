@@ -9,7 +9,8 @@ Shapes are (rows, inputs, outputs) of `x @ w.T`: the response positions of 64 ro
 a linear layer (input gradient g @ w, weight gradient g.T @ x) is timed as one. Each time is the best
 of repeated calls over `--seconds`, so it is the kernels' rate with warm caches, an upper bound for
 the step. On a CPU where MKL already runs its AVX-512 code (Intel), the two rates are close; on AMD
-CPUs with AVX-512, MKL takes its AVX2 code and oneDNN is about twice as fast.
+CPUs with AVX-512, MKL takes its AVX2 code and oneDNN is about twice as fast; on CPUs without AVX-512,
+MKL was faster (opdpipe then keeps F.linear: opdpipe.onednn.preferred).
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def row(M: int, K: int, N: int, seconds: float) -> str:
            "onednn": lambda: (onednn._mm(grad, w.t()), onednn._mm(grad.t(), x.t()))}
     rates = [flops * n / best(fns[k], seconds) / 1e9 for fns, n in ((fwd, 1), (bwd, 2)) for k in ("mkl", "onednn")]
     same = torch.equal(fwd["mkl"](), fwd["onednn"]())
-    above = "yes" if M * K * N >= onednn.MIN_MACS else "no (F.linear)"
+    above = "no (F.linear)" if M * K * N < onednn.MIN_MACS else "yes" if onednn.available() else \
+        "no (F.linear: no AVX-512)"
     return (f"| {M} x {K} x {N} | {rates[0]:.0f} | {rates[1]:.0f} | {rates[1] / rates[0]:.2f} | {rates[2]:.0f} | "
             f"{rates[3]:.0f} | {rates[3] / rates[2]:.2f} | {'yes' if same else 'no'} | {above} |")
 
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not args.seconds > 0:
         p.error(f"--seconds = {args.seconds}: allowed: a positive number")
-    if not onednn.available():
+    if not onednn.built_in():
         sys.exit("this torch has no oneDNN inner product (torch.ops.mkldnn._linear_pointwise): opdpipe uses F.linear")
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 thread, GFLOP/s (best of {args.seconds:g} s per kernel)")

@@ -87,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds per direction")
     p.add_argument("--directions", default="forward_kl,reverse_kl", help="comma-separated: forward_kl, reverse_kl")
     p.add_argument("--matmul", default="onednn", choices=["onednn", "mkl"],
-                   help="opdpipe's larger matmuls: oneDNN (as its runs do) or MKL (TRL's: the same library both sides)")
+                   help="opdpipe's larger matmuls: its own choice (oneDNN with AVX-512, else MKL) or MKL (TRL's library)")
     p.add_argument("--kernels", type=int, default=5,
                    help="opdpipe steps profiled after the rounds, for its time by kernel class (0: none)")
     p.add_argument("--workdir", default=None, help="keep the checkpoints and data here (default: a temp dir)")
@@ -250,7 +250,8 @@ def main(argv=None) -> int:
     study = bw.default_study(args.config)
     peak = bw.matmul_gflops()
     own = bw.matmul_gflops(mm=onednn._mm) if args.matmul == "onednn" and onednn.available() else peak
-    print(f"trl {trl.__version__}, torch {torch.__version__}, 1 thread, opdpipe's matmuls: {args.matmul}; "
+    lib = args.matmul if onednn.available() else "mkl (no AVX-512: opdpipe keeps F.linear)"
+    print(f"trl {trl.__version__}, torch {torch.__version__}, 1 thread, opdpipe's matmuls: {lib}; "
           f"single-thread float32 matmul (512^3): MKL {peak:.1f}, opdpipe's library {own:.1f} GFLOP/s; "
           f"{study['hparams']['prompts_per_step']} prompts x {study['hparams']['group_size']} "
           f"rollouts, {study['hparams']['max_new_tokens']} new tokens", flush=True)

@@ -58,7 +58,12 @@ def _checkpointed(model) -> bool:
 
 @dataclass
 class _Net:
-    """One call's view of the model: its parameters (fused where that saves kernels) and rotary table."""
+    """One call's view of the model: its parameters (fused where that saves kernels) and rotary table.
+
+    Rotary positions rotate pairs of a head's query and key dimensions (i, i + d/2) by a complex factor;
+    the fused q and k rows put each pair side by side, so that one complex multiply rotates them. The
+    same reordering of q and k leaves every attention score q.k unchanged (the sum runs in another
+    order); v and the output are not reordered."""
     model: torch.nn.Module
     heads: int
     head_dim: int
@@ -72,72 +77,99 @@ class _Net:
         d = c.hidden_size // c.num_attention_heads
         base = c.rope_parameters["rope_theta"]
         inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float) / d))
+        pairs = _pair_rows(c.num_attention_heads, d, model.model.embed_tokens.weight.device)
         blocks = []
-        for layer in model.model.layers:  # torch.cat is differentiable: gradients reach every projection
+        for layer in model.model.layers:  # cat and indexing are differentiable: gradients reach every projection
             a, mlp = layer.self_attn, layer.mlp
             blocks.append((layer.input_layernorm.weight,
-                           torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]), a.o_proj.weight,
+                           torch.cat([a.q_proj.weight[pairs], a.k_proj.weight[pairs], a.v_proj.weight]), a.o_proj.weight,
                            layer.post_attention_layernorm.weight,
                            torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp.down_proj.weight))
         return cls(model, c.num_attention_heads, d, c.rms_norm_eps, inv_freq, blocks)
 
-    def rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [B, 1, L, d] of positions [B, L], the sign of rotate_half folded into sin."""
+    @property
+    def scale(self) -> float:
+        return self.head_dim ** -0.5
+
+    def rope(self, pos: torch.Tensor) -> torch.Tensor:
+        """The rotations [B, 1, L, d/2] (complex: cos + i sin) of positions [B, L]."""
         freqs = pos[..., None].float() * self.inv_freq.to(pos.device)
-        half = freqs.shape[-1]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
-        sign = torch.cat([-torch.ones(half, device=pos.device), torch.ones(half, device=pos.device)])
-        return emb.cos(), emb.sin() * sign
+        return torch.polar(torch.ones_like(freqs), freqs)[:, None]
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         m = self.model
         return linear(F.rms_norm(x, x.shape[-1:], m.model.norm.weight, self.eps), m.lm_head.weight)
 
-    def layers(self, x, rope, mask, past=None, cache=None, at: int = 0):
-        """Run every decoder layer over x [B, L, D] with rotary tables `rope` (self.rope of the positions).
-
-        mask [B, 1, L, K] (True = attend) covers the keys: `past[i]` (k, v) of earlier positions, then
-        these L. With `cache` (preallocated [B, H, K, d] per layer), the new keys go to slots at..at+L-1
-        and attention reads slots 0..at+L-1. Returns x and the new (k, v) per layer."""
-        cos, sin = rope
+    def layers(self, x, rot, attend):
+        """Run every decoder layer over x [B, L, D] with the rotations `rot` (self.rope of the positions);
+        `attend(i, q, k, v)` ([B, H, L, d] each, q and k rotated) is layer i's attention, [B, L, D]."""
         B, L, D = x.shape
-        new = []
         for i, (ln1, qkv, o_w, ln2, gate_up, down) in enumerate(self.blocks):
             h = F.rms_norm(x, (D,), ln1, self.eps)
             qkv_h = linear(h, qkv).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            qk = qkv_h[:2] * cos + _swap_halves(qkv_h[:2]) * sin  # rotary positions on q and k at once
-            q, k, v = qk[0], qk[1], qkv_h[2]
-            new.append((k, v))
-            if cache is not None:
-                cache[i][0][:, :, at:at + L], cache[i][1][:, :, at:at + L] = k, v
-                k, v = cache[i][0][:, :, :at + L], cache[i][1][:, :, :at + L]
-            elif past is not None:
-                k, v = torch.cat([past[i][0], k], dim=2), torch.cat([past[i][1], v], dim=2)
-            o = _attend(q, k, v, mask, self.head_dim ** -0.5)
-            x = x + linear(o.transpose(1, 2).reshape(B, L, D), o_w)
-            gu = linear(F.rms_norm(x, (D,), ln2, self.eps), gate_up)
-            g, u = gu.chunk(2, dim=-1)
+            q, k = _rotate(qkv_h[:2], rot).unbind(0)  # rotary positions on q and k at once
+            x = x + linear(attend(i, q, k, qkv_h[2]), o_w)
+            g, u = linear(F.rms_norm(x, (D,), ln2, self.eps), gate_up).chunk(2, dim=-1)
             x = x + linear(F.silu(g) * u, down)
-        return x, new
+        return x
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         e = self.model.model.embed_tokens  # padding_idx: the padding row gets no gradient, as in nn.Embedding
         return F.embedding(ids, e.weight, e.padding_idx)
 
 
-def _attend(q, k, v, mask, scale):
-    """Scaled dot-product attention; one query per row (decoding) as two small batched matmuls,
-    which beats the fused CPU kernel at that shape."""
-    if q.shape[2] > 1:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    w = (q @ k.transpose(-1, -2)).mul_(scale).masked_fill_(~mask, float("-inf"))
-    return torch.softmax(w, dim=-1) @ v
+def _pair_rows(heads: int, d: int, device) -> torch.Tensor:
+    """The q / k projection rows in rotary pairs: per head, dimensions (i, i + d/2) side by side."""
+    half = torch.arange(d // 2, device=device)
+    per_head = torch.stack([half, half + d // 2], dim=1).flatten()
+    return (torch.arange(heads, device=device)[:, None] * d + per_head).flatten()
 
 
-def _swap_halves(x: torch.Tensor) -> torch.Tensor:
-    """rotate_half without its sign (folded into the sine table): [x2, x1]."""
-    half = x.shape[-1] // 2
-    return torch.cat((x[..., half:], x[..., :half]), dim=-1)
+def _rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """x [..., d] (rotary pairs side by side) times the complex rotations rot [..., d/2]: for each pair
+    (a, b), (a cos - b sin, a sin + b cos), as transformers' rotate_half form computes."""
+    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * rot).flatten(-2)
+
+
+def _full_attention(mask: torch.Tensor, scale: float, past=None, keep: list | None = None):
+    """Attention over whole rows: mask [B, 1, L, K] (True = attend) covers `past[i]` (k, v) of earlier
+    positions, then these L; `keep` collects each layer's new (k, v)."""
+    def attend(i, q, k, v):
+        if keep is not None:
+            keep.append((k, v))
+        if past is not None:
+            k, v = torch.cat([past[i][0], k], dim=2), torch.cat([past[i][1], v], dim=2)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).transpose(1, 2).flatten(2)
+    return attend
+
+
+class _DecodeCache:
+    """Every layer's keys and values for decoding one position per row, preallocated for the whole
+    budget, flat over rows and heads: keys transposed [B*H, d, K], values [B*H, K, d], and the mask as
+    an additive bias [B*H, 1, K] (0 or -inf). A decoding step's attention is then two batched matmuls
+    and a softmax over strided views: no copy of the cache, no mask op."""
+
+    def __init__(self, kv, valid: torch.Tensor, new: int, scale: float):
+        B, H, P, d = kv[0][0].shape
+        K = P + new
+        self.kt = [k.new_empty(B * H, d, K) for k, _ in kv]
+        self.v = [v.new_empty(B * H, K, d) for _, v in kv]
+        for (k, v), kt, vc in zip(kv, self.kt, self.v):
+            kt.view(B, H, d, K)[..., :P] = k.transpose(-1, -2)
+            vc.view(B, H, K, d)[:, :, :P] = v
+        keys = torch.cat([valid, valid.new_ones(B, new)], dim=1)
+        self.bias = torch.zeros(B, H, 1, K, device=valid.device).masked_fill_(~keys[:, None, None], float("-inf"))
+        self.bias = self.bias.view(B * H, 1, K)
+        self.scale, self.at = scale, P
+
+    def attend(self, i, q, k, v):
+        """Layer i's attention of one new position per row (slot self.at), [B, 1, D]."""
+        B, H, _, d = q.shape
+        at, kt, vc = self.at, self.kt[i], self.v[i]
+        kt.view(B, H, d, -1)[..., at] = k[:, :, 0]
+        vc.view(B, H, -1, d)[:, :, at] = v[:, :, 0]
+        w = torch.baddbmm(self.bias[..., :at + 1], q.reshape(B * H, 1, d), kt[..., :at + 1], alpha=self.scale)
+        return torch.bmm(torch.softmax(w, dim=-1), vc[:, :at + 1]).view(B, 1, H * d)
 
 
 def distinct(contexts: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
@@ -167,7 +199,8 @@ def prefill(net: _Net, contexts: list[list[int]], pad_id: int):
     rows = rows.to(dev)
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
     valid = attn.bool()
-    x, kv = net.layers(net.embed(ids), net.rope(pos), _prompt_mask(valid))
+    kv = []
+    x = net.layers(net.embed(ids), net.rope(pos), _full_attention(_prompt_mask(valid), net.scale, keep=kv))
     per_row = _per_row(rows, len(uniq))
     kv = [(per_row(k), per_row(v)) for k, v in kv]
     return per_row(x[:, -1]), kv, per_row(valid), per_row(pos[:, -1]) + 1
@@ -200,7 +233,7 @@ def response_logprobs(model, context_ids: list[list[int]], response: torch.Tenso
         pos = start[:, None] + torch.arange(T - 1, device=response.device)
         causal = torch.ones(T - 1, T - 1, dtype=torch.bool, device=response.device).tril()
         mask = torch.cat([valid[:, None, :].expand(B, T - 1, -1), causal.expand(B, -1, -1)], dim=2)[:, None]
-        x, _ = net.layers(net.embed(ids), net.rope(pos), mask, past=kv)
+        x = net.layers(net.embed(ids), net.rope(pos), _full_attention(mask, net.scale, past=kv))
         h = torch.cat([last[:, None], x], dim=1)
     return token_logprobs(net.head(h).float(), response)
 
@@ -212,7 +245,8 @@ def logits(model, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
     B, L = ids.shape
     causal = torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()
     mask = (causal[None] & attn.bool()[:, None, :])[:, None]
-    x, _ = net.layers(net.embed(ids), net.rope(torch.arange(L, device=ids.device).expand(B, -1)), mask)
+    x = net.layers(net.embed(ids), net.rope(torch.arange(L, device=ids.device).expand(B, -1)),
+                   _full_attention(mask, net.scale))
     return net.head(x)
 
 
@@ -225,20 +259,12 @@ def sample(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: int,
 
     net = _Net.of(model)
     last, kv, valid, next_pos = prefill(net, prompt_ids, pad_id)
-    B, P = valid.shape
-    dev = valid.device
-    cache = []
-    for k, v in kv:
-        ck, cv = (torch.empty(B, net.heads, P + max_new_tokens, net.head_dim, dtype=k.dtype, device=dev)
-                  for _ in range(2))
-        ck[:, :, :P], cv[:, :, :P] = k, v
-        cache.append((ck, cv))
-    keys = torch.cat([valid, torch.ones(B, max_new_tokens, dtype=torch.bool, device=dev)], dim=1)
-    cos, sin = net.rope(next_pos[:, None] + torch.arange(max_new_tokens, device=dev))  # every decoding position
+    P = valid.shape[1]
+    cache = _DecodeCache(kv, valid, max_new_tokens, net.scale)
+    rot = net.rope(next_pos[:, None] + torch.arange(max_new_tokens, device=valid.device))  # every decoding position
 
     def step(tok: torch.Tensor, t: int) -> torch.Tensor:
-        x, _ = net.layers(net.embed(tok[:, None]), (cos[:, :, t:t + 1], sin[:, :, t:t + 1]),
-                          keys[:, None, None, :P + t + 1], cache=cache, at=P + t)
-        return net.head(x[:, 0])
+        cache.at = P + t
+        return net.head(net.layers(net.embed(tok[:, None]), rot[:, :, t:t + 1], cache.attend)[:, 0])
 
     return decode(prompt_ids, net.head(last), step, max_new_tokens, eos_id, pad_id, greedy, generator)

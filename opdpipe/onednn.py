@@ -7,7 +7,9 @@ on the same core, about 2x at the fast path's large shapes (benchmarks/gemm_rate
 `linear(x, w)` is `F.linear(x, w)` (no bias) through oneDNN's inner product, forward and backward,
 for float32 CPU tensors of at least MIN_MACS multiply-adds; smaller ones (a decode step's 64-row
 projections, where oneDNN's per-call cost eats its gain) and anything else (other dtypes, other
-devices, a torch without oneDNN) take `F.linear`.
+devices, a torch without oneDNN) take `F.linear`. So does every matmul on a CPU without AVX-512: there
+both libraries run AVX2 code, and MKL was the faster one at every shape of the step (an AMD EPYC with
+AVX2 only: oneDNN 0.49-1.09x MKL's rate forward, 0.76-0.89x backward; benchmarks/gemm_rate.py).
 
 The same math in another order: a dot product over up to 96 inputs gives the same bits as MKL's
 (one block), a longer one can differ in the last bits; tests/test_onednn.py holds values and
@@ -26,13 +28,28 @@ _SWITCH = Toggle()
 _BUILT_IN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")  # looked up once
 
 
+def preferred(capability: str) -> bool:
+    """oneDNN for a CPU whose widest vector unit torch reports as `capability`
+    (torch.backends.cpu.get_cpu_capability(): "AVX512", "AVX2", "DEFAULT", ...): only with AVX-512."""
+    return capability.startswith("AVX512")
+
+
+_ON_THIS_CPU = preferred(torch.backends.cpu.get_cpu_capability())  # fixed per machine: the same numbers run after run
+
+
 def disabled():
     """Every linear through F.linear (MKL) inside this block: for tests and before/after benchmarks."""
     return _SWITCH.disabled()
 
 
+def built_in() -> bool:
+    """This torch ships oneDNN's inner product (whatever the CPU)."""
+    return _BUILT_IN
+
+
 def available() -> bool:
-    return _SWITCH.on and _BUILT_IN
+    """opdpipe's larger matmuls go through oneDNN: built in, preferred on this CPU, not disabled."""
+    return _SWITCH.on and _BUILT_IN and _ON_THIS_CPU
 
 
 def _mm(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """opdpipe.onednn: F.linear through oneDNN, forward and backward, within float32 rounding of MKL's, and
-F.linear itself wherever it does not apply."""
+F.linear itself wherever it does not apply. The numerical tests run oneDNN on any CPU (as if it had
+AVX-512); which CPUs take it is tested on its own."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +10,11 @@ from opdpipe import onednn
 # the fast path's shapes: (rows, inputs, outputs); 96 / 256 / 384 inputs are the teacher's and the
 # down projections, longer than one block of oneDNN's dot product
 SHAPES = [(1984, 64, 192), (1984, 64, 512), (704, 96, 768), (1984, 256, 64), (1984, 384, 96), (2048, 96, 99)]
+
+
+@pytest.fixture(autouse=True)
+def any_cpu(monkeypatch):
+    monkeypatch.setattr(onednn, "_ON_THIS_CPU", True)
 
 
 def _pair(M, K, N, seed=0):
@@ -57,7 +63,11 @@ def test_same_inputs_give_the_same_bits_every_time():
     assert all(torch.equal(first, onednn.linear(x, w)) for _ in range(3))
 
 
-@pytest.mark.parametrize("case", ["small", "float64", "disabled"])
+def test_only_cpus_with_avx512_prefer_onednn():
+    assert onednn.preferred("AVX512") and not any(onednn.preferred(c) for c in ("AVX2", "DEFAULT", "ZVECTOR", "SVE256"))
+
+
+@pytest.mark.parametrize("case", ["small", "float64", "disabled", "cpu without AVX-512"])
 def test_what_it_does_not_take_goes_to_f_linear(case, monkeypatch):
     calls = []
     monkeypatch.setattr(onednn, "_mm", lambda a, w: calls.append(1) or F.linear(a, w))
@@ -66,6 +76,11 @@ def test_what_it_does_not_take_goes_to_f_linear(case, monkeypatch):
         x, w = x.double(), w.double()
     if case == "disabled":
         with onednn.disabled():
+            out = onednn.linear(x, w)
+    elif case == "cpu without AVX-512":
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(onednn, "_ON_THIS_CPU", False)
+            assert onednn.built_in() and not onednn.available()
             out = onednn.linear(x, w)
     else:
         out = onednn.linear(x, w)

@@ -190,9 +190,11 @@ def test_setup_install_refuses_a_bad_round_count_before_building_anything(rounds
     assert r.returncode == 2 and f"rounds must be a positive whole number, got '{rounds}'" in r.stderr
 
 
-def test_gemm_rate_times_every_shape_and_checks_its_bits(capsys):
+@pytest.mark.parametrize("avx512", [True, False])
+def test_gemm_rate_times_every_shape_and_checks_its_bits(capsys, monkeypatch, avx512):
     import gemm_rate
 
+    monkeypatch.setattr(onednn, "_ON_THIS_CPU", avx512)  # which CPUs opdpipe sends to oneDNN: its last column
     assert re.search(r"--seconds = 0.0: allowed: a positive number", _stderr_of(gemm_rate.main, ["--seconds", "0"]))
     assert gemm_rate.main(["--seconds", "0.01"]) == 0
     out = capsys.readouterr().out
@@ -200,5 +202,6 @@ def test_gemm_rate_times_every_shape_and_checks_its_bits(capsys):
     assert [tuple(map(int, r[:3])) for r in rows] == gemm_rate.SHAPES
     assert all(int(rate) > 0 for r in rows for rate in r[3:])
     # one block of inputs (64): oneDNN gives MKL's bits; a 64-row decode projection stays on F.linear
-    assert re.search(r"^\| 1984 x 64 x 512 \|.*\| yes \| yes \|$", out, re.M)
+    used = "yes" if avx512 else r"no \(F\.linear: no AVX-512\)"
+    assert re.search(r"^\| 1984 x 64 x 512 \|.*\| yes \| " + used + r" \|$", out, re.M)
     assert re.search(r"^\| 64 x 64 x 192 \|.*\| no \(F\.linear\) \|$", out, re.M)

@@ -63,13 +63,16 @@ class _Net:
     Rotary positions rotate pairs of a head's query and key dimensions (i, i + d/2) by a complex factor;
     the fused q and k rows put each pair side by side, so that one complex multiply rotates them. The
     same reordering of q and k leaves every attention score q.k unchanged (the sum runs in another
-    order); v and the output are not reordered."""
+    order); v and the output are not reordered. Each RMSNorm's weight is folded into the projection
+    that reads it (linear(norm(x) * w, W) = linear(norm(x), W * w)): one elementwise pass fewer per
+    norm, forward and backward; the gradient still reaches both weights."""
     model: torch.nn.Module
     heads: int
     head_dim: int
     eps: float
     inv_freq: torch.Tensor
-    blocks: list  # per layer: (ln1, qkv [3D, D], o, ln2, gate_up [2I, D], down)
+    blocks: list  # per layer: (qkv [3D, D], o, gate_up [2I, D], down), the norms' weights folded in
+    out: torch.Tensor  # the output head [V, D], the final norm's weight folded in
 
     @classmethod
     def of(cls, model) -> "_Net":
@@ -81,11 +84,12 @@ class _Net:
         blocks = []
         for layer in model.model.layers:  # cat and indexing are differentiable: gradients reach every projection
             a, mlp = layer.self_attn, layer.mlp
-            blocks.append((layer.input_layernorm.weight,
-                           torch.cat([a.q_proj.weight[pairs], a.k_proj.weight[pairs], a.v_proj.weight]), a.o_proj.weight,
-                           layer.post_attention_layernorm.weight,
-                           torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp.down_proj.weight))
-        return cls(model, c.num_attention_heads, d, c.rms_norm_eps, inv_freq, blocks)
+            qkv = torch.cat([a.q_proj.weight[pairs], a.k_proj.weight[pairs], a.v_proj.weight])
+            gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+            blocks.append((qkv * layer.input_layernorm.weight, a.o_proj.weight,
+                           gate_up * layer.post_attention_layernorm.weight, mlp.down_proj.weight))
+        return cls(model, c.num_attention_heads, d, c.rms_norm_eps, inv_freq, blocks,
+                   model.lm_head.weight * model.model.norm.weight)
 
     @property
     def scale(self) -> float:
@@ -96,20 +100,22 @@ class _Net:
         freqs = pos[..., None].float() * self.inv_freq.to(pos.device)
         return torch.polar(torch.ones_like(freqs), freqs)[:, None]
 
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        """RMSNorm without its weight (folded into the next projection)."""
+        return F.rms_norm(x, x.shape[-1:], None, self.eps)
+
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        return linear(F.rms_norm(x, x.shape[-1:], m.model.norm.weight, self.eps), m.lm_head.weight)
+        return linear(self.norm(x), self.out)
 
     def layers(self, x, rot, attend):
         """Run every decoder layer over x [B, L, D] with the rotations `rot` (self.rope of the positions);
         `attend(i, q, k, v)` ([B, H, L, d] each, q and k rotated) is layer i's attention, [B, L, D]."""
         B, L, D = x.shape
-        for i, (ln1, qkv, o_w, ln2, gate_up, down) in enumerate(self.blocks):
-            h = F.rms_norm(x, (D,), ln1, self.eps)
-            qkv_h = linear(h, qkv).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        for i, (qkv, o_w, gate_up, down) in enumerate(self.blocks):
+            qkv_h = linear(self.norm(x), qkv).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k = _rotate(qkv_h[:2], rot).unbind(0)  # rotary positions on q and k at once
             x = x + linear(attend(i, q, k, qkv_h[2]), o_w)
-            g, u = linear(F.rms_norm(x, (D,), ln2, self.eps), gate_up).chunk(2, dim=-1)
+            g, u = linear(self.norm(x), gate_up).chunk(2, dim=-1)
             x = x + linear(F.silu(g) * u, down)
         return x
 
@@ -133,12 +139,12 @@ def _rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
 
 def _full_attention(mask: torch.Tensor, scale: float, past=None, keep: list | None = None):
     """Attention over whole rows: mask [B, 1, L, K] (True = attend) covers `past[i]` (k, v) of earlier
-    positions, then these L; `keep` collects each layer's new (k, v)."""
+    positions (prefill's, shared by groups of rows), then these L; `keep` collects each layer's new (k, v)."""
     def attend(i, q, k, v):
         if keep is not None:
             keep.append((k, v))
         if past is not None:
-            k, v = torch.cat([past[i][0], k], dim=2), torch.cat([past[i][1], v], dim=2)
+            k, v = _with_past(past[i][0], k), _with_past(past[i][1], v)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).transpose(1, 2).flatten(2)
     return attend
 
@@ -150,13 +156,14 @@ class _DecodeCache:
     and a softmax over strided views: no copy of the cache, no mask op."""
 
     def __init__(self, kv, valid: torch.Tensor, new: int, scale: float):
-        B, H, P, d = kv[0][0].shape
-        K = P + new
+        C, H, P, d = kv[0][0].shape  # C contexts, each shared by G consecutive rows (prefill)
+        B, K = valid.shape[0], P + new
+        G = B // C
         self.kt = [k.new_empty(B * H, d, K) for k, _ in kv]
         self.v = [v.new_empty(B * H, K, d) for _, v in kv]
         for (k, v), kt, vc in zip(kv, self.kt, self.v):
-            kt.view(B, H, d, K)[..., :P] = k.transpose(-1, -2)
-            vc.view(B, H, K, d)[:, :, :P] = v
+            kt.view(C, G, H, d, K)[..., :P] = k.transpose(-1, -2)[:, None]
+            vc.view(C, G, H, K, d)[..., :P, :] = v[:, None]
         keys = torch.cat([valid, valid.new_ones(B, new)], dim=1)
         self.bias = torch.zeros(B, H, 1, K, device=valid.device).masked_fill_(~keys[:, None, None], float("-inf"))
         self.bias = self.bias.view(B * H, 1, K)
@@ -190,7 +197,9 @@ def _prompt_mask(valid: torch.Tensor) -> torch.Tensor:
 
 def prefill(net: _Net, contexts: list[list[int]], pad_id: int):
     """Run the distinct left-padded contexts once. Returns (last hidden state per row [B, D],
-    per-layer (k, v) per row [B, H, P, d], key validity per row [B, P], next position per row [B])."""
+    per-layer (k, v) [C, H, P, d], key validity per row [B, P], next position per row [B]). C = U when
+    the rows are the U contexts in order, each repeated B / U times (the G rollouts of each prompt):
+    each context's keys and values once, for its consecutive rows (_with_past, _DecodeCache); else C = B."""
     from opdpipe.generation import left_pad
 
     dev = net.model.model.embed_tokens.weight.device
@@ -202,19 +211,37 @@ def prefill(net: _Net, contexts: list[list[int]], pad_id: int):
     kv = []
     x = net.layers(net.embed(ids), net.rope(pos), _full_attention(_prompt_mask(valid), net.scale, keep=kv))
     per_row = _per_row(rows, len(uniq))
-    kv = [(per_row(k), per_row(v)) for k, v in kv]
+    if _groups(rows, len(uniq)) is None:
+        kv = [(per_row(k), per_row(v)) for k, v in kv]
     return per_row(x[:, -1]), kv, per_row(valid), per_row(pos[:, -1]) + 1
 
 
-def _per_row(rows: torch.Tensor, U: int):
-    """t [U, ...] -> t[rows] [B, ...]. When the rows are the U contexts in order, each repeated B / U
-    times (the G rollouts of each prompt), by expand, whose gradient sums each context's rows in one
-    pass (index_select's scatters them one by one, slowly from a strided gradient); otherwise by
-    index_select. Both give the same values and the same gradient."""
+def _groups(rows: torch.Tensor, U: int) -> int | None:
+    """G when the rows are the U contexts in order, each repeated G times; else None."""
     B = rows.shape[0]
     if B % U or not torch.equal(rows, torch.arange(U, device=rows.device).repeat_interleave(B // U)):
+        return None
+    return B // U
+
+
+def _per_row(rows: torch.Tensor, U: int):
+    """t [U, ...] -> t[rows] [B, ...]. When the rows are the U contexts in order, each repeated G times,
+    by expand, whose gradient sums each context's rows in one pass (index_select's scatters them one
+    by one, slowly from a strided gradient); otherwise by index_select. Both give the same values and
+    the same gradient."""
+    G = _groups(rows, U)
+    if G is None:
         return lambda t: t.index_select(0, rows)
-    return lambda t: t.unsqueeze(1).expand(U, B // U, *t.shape[1:]).reshape(B, *t.shape[1:])
+    return lambda t: t.unsqueeze(1).expand(U, G, *t.shape[1:]).reshape(U * G, *t.shape[1:])
+
+
+def _with_past(past: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """[past | new] keys or values of each row along the positions: past [C, H, P, d] shared by the
+    B / C consecutive rows of each context (prefill), new [B, H, L, d]. One copy: the shared part is
+    read through an expanded view, not copied per row first (its gradient sums over the rows)."""
+    C, B = past.shape[0], new.shape[0]
+    grouped = past.unsqueeze(1).expand(C, B // C, *past.shape[1:])
+    return torch.cat([grouped, new.unflatten(0, (C, B // C))], dim=3).flatten(0, 1)
 
 
 def response_logprobs(model, context_ids: list[list[int]], response: torch.Tensor, response_mask: torch.Tensor,

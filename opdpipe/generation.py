@@ -42,24 +42,22 @@ def decode(prompt_ids, logits: torch.Tensor, step, max_new_tokens: int, eos_id: 
            generator: torch.Generator | None) -> Rollout:
     """The sampling loop both paths share: draw from `logits` [B, V], then `step(tokens, t)` gives the
     next position's logits, until every row has drawn EOS or the budget is spent. Rows that are done
-    keep drawing (their draws are replaced by padding), so every row consumes the generator alike."""
-    B = logits.shape[0]
+    keep drawing (every row consumes the generator alike); their later draws are replaced by padding
+    once, at the end (what a finished row is fed never reaches another row)."""
+    done = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     tokens, logps = [], []
-    done = torch.zeros(B, dtype=torch.bool, device=logits.device)
     for t in range(max_new_tokens):
         tok, tok_lp = pick_tokens(logits, greedy, generator)
-        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         tokens.append(tok)
-        logps.append(torch.where(done, torch.zeros_like(tok_lp), tok_lp))
-        done = done | (tok == eos_id)
-        if done.all() or t == max_new_tokens - 1:  # no step after the last draw
+        logps.append(tok_lp)
+        done |= tok == eos_id
+        if t == max_new_tokens - 1 or done.all():  # no step after the last draw
             break
         logits = step(tok, t)
-    response = torch.stack(tokens, dim=1)
-    # a token is part of the response if no EOS came strictly before it
-    eos_before = torch.cumsum((response == eos_id).long(), dim=1) - (response == eos_id).long()
-    mask = (eos_before == 0).long()
-    return Rollout(prompt_ids, response, mask, torch.stack(logps, dim=1) * mask, ~done)
+    drawn = torch.stack(tokens, dim=1)
+    eos = (drawn == eos_id).long()
+    mask = (torch.cumsum(eos, dim=1) - eos == 0).long()  # a response token: no EOS strictly before it
+    return Rollout(prompt_ids, torch.where(mask.bool(), drawn, pad_id), mask, torch.stack(logps, dim=1) * mask, ~done)
 
 
 @torch.no_grad()

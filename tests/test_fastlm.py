@@ -87,6 +87,26 @@ def test_gradients_match_the_reference(world):
         assert (fast[name] - ref[name]).abs().max() / scale < 1e-5, name
 
 
+def test_rows_not_grouped_by_context_match_the_reference(world):
+    """Contexts interleaved (a, b, a, b, ...) and one seen once: each row gets its own copy of the
+    prompt's keys and values (index_select) instead of a shared one; draws, log-probs and gradients
+    as in the reference path."""
+    tok, student, _, ctx = world
+    rows = ctx[::4] * 3 + [ctx[-1] + [5]]
+    fast, ref = both(lambda: sample(student, rows, 12, 7, tok.pad_token_id, generator=torch.Generator().manual_seed(4)))
+    assert torch.equal(fast.response, ref.response) and (fast.logprobs - ref.logprobs).abs().max() < 1e-5
+
+    def grads():
+        student.zero_grad(set_to_none=True)
+        lp = sequence_logprobs(student, rows, ref.response, ref.mask, tok.pad_token_id)
+        lp.sum().backward()
+        return lp.detach(), [p.grad.clone() for p in student.parameters()]
+    (lp_fast, g_fast), (lp_ref, g_ref) = both(grads)
+    student.zero_grad(set_to_none=True)
+    assert (lp_fast - lp_ref).abs().max() < 1e-5
+    assert all((a - b).abs().max() / b.abs().max().clamp_min(1e-12) < 1e-5 for a, b in zip(g_fast, g_ref))
+
+
 def test_sft_logits_match_the_reference_on_right_padded_rows(world):
     """fastlm.logits (train_sft's forward on the embedded models): transformers' logits and gradients."""
     tok, student, _, _ = world
@@ -130,6 +150,30 @@ def test_decoding_runs_no_step_after_the_last_draw():
 
     r = decode([[1], [1]], torch.zeros(2, 5), step, 4, eos_id=9, pad_id=0, greedy=True, generator=None)
     assert r.response.shape == (2, 4) and calls == [0, 1, 2] and r.truncated.all()
+
+
+def test_decoding_pads_each_row_after_its_first_eos():
+    from opdpipe.generation import decode
+
+    # greedy draws from fixed logits: row 0 draws EOS (9) at t = 1, row 1 at t = 3, row 2 never; token 4 else
+    script = [[4, 4, 4], [9, 4, 4], [4, 4, 4], [9, 9, 4]]
+    fed = []
+
+    def logits_at(t):
+        out = torch.full((3, 10), -5.0)
+        out[torch.arange(3), torch.tensor(script[t])] = 0.0
+        return out
+
+    def step(tok, t):
+        fed.append(tok.tolist())
+        return logits_at(t + 1)
+
+    r = decode([[1]] * 3, logits_at(0), step, 4, eos_id=9, pad_id=0, greedy=True, generator=None)
+    assert r.response.tolist() == [[4, 9, 0, 0], [4, 4, 4, 9], [4, 4, 4, 4]]
+    assert r.mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
+    assert r.truncated.tolist() == [False, False, True]
+    assert (r.logprobs[r.mask == 0] == 0).all() and (r.logprobs[r.mask == 1] < 0).all()
+    assert fed == [[4, 4, 4], [9, 4, 4], [4, 4, 4]]  # a finished row keeps drawing (the generator is consumed alike)
 
 
 def _with_config(**changes):

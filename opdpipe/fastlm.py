@@ -4,13 +4,14 @@ The same math as transformers' LlamaForCausalLM (RMSNorm, rotary positions, caus
 left-padded rows, SwiGLU MLP, output head), run on the HF module's own parameters: gradients reach
 the module, and checkpoints stay `save_pretrained` folders. Two savings, both exact up to float
 rounding (tests/test_fastlm.py holds them to the reference path within 1e-5):
-- no per-call framework work (mask builders, cache objects, output classes): a decode step is a
-  few dozen kernels;
+- no per-call framework work (mask builders, cache objects, output classes), and few kernels per
+  layer: rotary positions as one complex multiply, RMSNorm weights folded into the projections, a
+  decoding step's attention as two batched matmuls over a flat preallocated cache;
 - a prompt shared by the G rollouts of a group runs once: its keys and values are computed for the
-  distinct prompts and gathered per row, in rollouts, teacher scoring and the update alike (the
-  gradient through a shared prompt sums over its rows, as it does when every row recomputes it).
-Its larger float32 matrix multiplies go through oneDNN (opdpipe.onednn: the CPU's widest vector
-unit; about twice MKL's rate on an AVX-512 AMD CPU), in the gradient too. Models it does not cover
+  distinct prompts and joined to each row's own, in rollouts, teacher scoring and the update alike
+  (the gradient through a shared prompt sums over its rows, as it does when every row recomputes it).
+Its larger float32 matrix multiplies go through oneDNN on CPUs with AVX-512 (opdpipe.onednn: about
+twice MKL's rate on an AVX-512 AMD CPU), in the gradient too. Models it does not cover
 (other architectures, grouped-query attention, biases, scaled rotary positions, attention dropout,
 weights other than float32, gradient checkpointing, a DDP or LoRA wrapper) take the reference path:
 `supports(model)` decides.

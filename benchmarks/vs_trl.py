@@ -250,7 +250,8 @@ def main(argv=None) -> int:
     study = bw.default_study(args.config)
     peak = bw.matmul_gflops()
     own = bw.matmul_gflops(mm=onednn._mm) if args.matmul == "onednn" and onednn.available() else peak
-    lib = args.matmul if onednn.available() else "mkl (no AVX-512: opdpipe keeps F.linear)"
+    lib = args.matmul if onednn.available() else \
+        f"mkl ({'no AVX-512' if onednn.built_in() else 'no oneDNN in this torch'}: opdpipe keeps F.linear)"
     print(f"trl {trl.__version__}, torch {torch.__version__}, 1 thread, opdpipe's matmuls: {lib}; "
           f"single-thread float32 matmul (512^3): MKL {peak:.1f}, opdpipe's library {own:.1f} GFLOP/s; "
           f"{study['hparams']['prompts_per_step']} prompts x {study['hparams']['group_size']} "

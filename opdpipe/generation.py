@@ -57,7 +57,9 @@ def decode(prompt_ids, logits: torch.Tensor, step, max_new_tokens: int, eos_id: 
     drawn = torch.stack(tokens, dim=1)
     eos = (drawn == eos_id).long()
     mask = (torch.cumsum(eos, dim=1) - eos == 0).long()  # a response token: no EOS strictly before it
-    return Rollout(prompt_ids, torch.where(mask.bool(), drawn, pad_id), mask, torch.stack(logps, dim=1) * mask, ~done)
+    keep = mask.bool()
+    return Rollout(prompt_ids, torch.where(keep, drawn, pad_id), mask, torch.where(keep, torch.stack(logps, dim=1), 0.0),
+                   ~done)
 
 
 @torch.no_grad()

@@ -34,6 +34,11 @@ def world():
     tok = build_char_tokenizer()
     student, teacher = build_model(SPEC, tok, 0).eval(), build_model({**SPEC, "hidden_size": 48}, tok, 1).eval()
     gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # norm weights other than 1 (as trained models have): the fast path folds them in
+        for model in (student, teacher):
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.uniform_(0.5, 1.5, generator=gen)
     prompts = [torch.randint(3, len(tok), (5 + 3 * i,), generator=gen).tolist() for i in range(5)]
     ctx = [p for p in prompts for _ in range(4)]  # G = 4 rollouts per prompt, prompts of different lengths
     return tok, student, teacher, ctx

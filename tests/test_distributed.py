@@ -107,10 +107,13 @@ def test_two_gloo_ranks_take_the_same_step_as_one_process(tiny_world, tmp_path, 
     for k, w in state.student.state_dict().items():
         torch.testing.assert_close(two["weights"][k], w, rtol=0, atol=1e-6, msg=k)
     # AdamW's first step moves each weight by about lr * sign(grad): compare the gradients themselves,
-    # to 1e-6 of the largest entry (a wrong loss normaliser is off by percents)
+    # to 1e-5 of the largest entry (a wrong loss normaliser is off by percents). The tied embedding's
+    # gradient sums every position's head and input terms in float32, and the two ranks' halves are
+    # summed in another order: 1.6e-6 of the largest entry apart on an AVX2-only CPU (within 1e-6 on
+    # an AVX-512 one, whose kernels round otherwise)
     scale = max(p.grad.abs().max().item() for p in state.student.parameters())
     for n, p in state.student.named_parameters():
-        torch.testing.assert_close(two["grads"][n], p.grad, rtol=0, atol=1e-6 * scale, msg=n)
+        torch.testing.assert_close(two["grads"][n], p.grad, rtol=0, atol=1e-5 * scale, msg=n)
     assert set(two["metrics"]) == set(one)
     for k in one:  # the step's metrics describe the whole batch, not rank 0's half (timings aside)
         if not k.startswith(("time/", "tokens_per_s")):  # abs: a loss near 0 sums cancelling O(1) terms

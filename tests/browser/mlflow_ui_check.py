@@ -150,7 +150,9 @@ async def check_compare(b, c: Checks, url: str, task: str, runs: list[dict]) -> 
 async def check_two_clicks(b, c: Checks, url: str, experiment_id: str, task: str) -> None:
     """From the experiment's page (what `make mlflow-ui` prints first): click 1 expands the study's
     description, click 2 follows its "OPD vs OPD+ training curves" link of the task. The link opens a
-    new tab; the check opens its address in this tab and waits for the charts."""
+    new tab; the check opens its address in this tab as a new document (via about:blank: the address
+    differs from this page's only after '#', which would otherwise be a same-page hash change, not the
+    fresh load a new tab is) and waits for the charts."""
     secs = await b.open(url,
                         f"location.hash.startsWith('#/experiments/{experiment_id}/runs') && "
                         "document.body.innerText.includes('opdpipe study views')")
@@ -161,6 +163,7 @@ async def check_two_clicks(b, c: Checks, url: str, experiment_id: str, task: str
                             f"return a && a.offsetParent !== null && a.innerText.includes('OPD+') ? a.href : null; }})()")
     c.check(bool(href), f"click 1 (expand the description) shows the link {link}")
     if href:
+        await b.open("about:blank", "location.href === 'about:blank'")
         secs = await b.open(href, CHARTS_READY_JS)
         c.check(True, f"click 2 opens the OPD vs OPD+ curves of {task} ({secs:.1f} s)")
 

@@ -211,8 +211,9 @@ def prefill(net: _Net, contexts: list[list[int]], pad_id: int):
     valid = attn.bool()
     kv = []
     x = net.layers(net.embed(ids), net.rope(pos), _full_attention(_prompt_mask(valid), net.scale, keep=kv))
-    per_row = _per_row(rows, len(uniq))
-    if _groups(rows, len(uniq)) is None:
+    G = _groups(rows, len(uniq))
+    per_row = _per_row(rows, len(uniq), G)
+    if G is None:
         kv = [(per_row(k), per_row(v)) for k, v in kv]
     return per_row(x[:, -1]), kv, per_row(valid), per_row(pos[:, -1]) + 1
 
@@ -225,12 +226,11 @@ def _groups(rows: torch.Tensor, U: int) -> int | None:
     return B // U
 
 
-def _per_row(rows: torch.Tensor, U: int):
-    """t [U, ...] -> t[rows] [B, ...]. When the rows are the U contexts in order, each repeated G times,
-    by expand, whose gradient sums each context's rows in one pass (index_select's scatters them one
-    by one, slowly from a strided gradient); otherwise by index_select. Both give the same values and
-    the same gradient."""
-    G = _groups(rows, U)
+def _per_row(rows: torch.Tensor, U: int, G: int | None):
+    """t [U, ...] -> t[rows] [B, ...]. When the rows are the U contexts in order, each repeated G times
+    (_groups), by expand, whose gradient sums each context's rows in one pass (index_select's scatters
+    them one by one, slowly from a strided gradient); otherwise (G None) by index_select. Both give
+    the same values and the same gradient."""
     if G is None:
         return lambda t: t.index_select(0, rows)
     return lambda t: t.unsqueeze(1).expand(U, G, *t.shape[1:]).reshape(U * G, *t.shape[1:])

@@ -115,6 +115,26 @@ def test_lm_eval_runs_a_benchmark_and_grades_with_math_verify(tmp_path):
     assert "until: []" in (tmp_path / "lmeval_tasks" / "opd_hmmt25_greedy.yaml").read_text()
 
 
+def test_lm_eval_skips_only_its_environment_report_and_reads_the_fields_as_they_are(tmp_path):
+    """Inside no_environment_report, lm-eval's results get a note instead of torch's environment report
+    (collected by subprocesses, about 1 s a call); outside it, torch's own function is back. The task
+    files read the prompt and answer fields directly, with no template in between."""
+    from lm_eval.loggers.utils import add_env_info
+    from torch.utils import collect_env
+
+    from opdpipe.evaluate import no_environment_report, render_tasks
+
+    real, results = collect_env.get_pretty_env_info, {}
+    with no_environment_report():
+        add_env_info(results)
+    assert results["pretty_env_info"].startswith("not collected") and results["lm_eval_version"]
+    assert collect_env.get_pretty_env_info is real
+    render_tasks("math", tmp_path / "test.jsonl", 4, 16, tmp_path)
+    for name in ("opd_math_greedy", "opd_math_sampled"):
+        text = (tmp_path / f"{name}.yaml").read_text()
+        assert "doc_to_text: prompt " in text and "doc_to_target: answer\n" in text and "{{" not in text
+
+
 def test_cli_benchmark_refuses_a_moving_revision(tmp_path):
     from opdpipe.cli import main
 

@@ -64,9 +64,10 @@ def lm_arguments(checkpoint: str | Path, chat: dict | None, dtype: str, device: 
 @contextlib.contextmanager
 def no_environment_report():
     """simple_evaluate ends by storing torch's environment report in its results, and collecting it
-    starts pip, gcc, lscpu and more in subprocesses: about 1 s per call here, a fifth of a small model's
-    evaluation after the first in a process. opdpipe keeps none of it (its outputs carry their own provenance: package versions,
-    config hash, seed), so inside this block the report is a fixed note; no number changes."""
+    starts pip, gcc, lscpu and more in subprocesses: about 1 s per call here, a fifth of a small
+    model's evaluation after the first in a process. opdpipe keeps none of it (its outputs carry
+    their own provenance: package versions, config hash, seed), so inside this block the report is
+    a fixed note; no number changes."""
     from torch.utils import collect_env
 
     real = collect_env.get_pretty_env_info

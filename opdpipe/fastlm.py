@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from opdpipe.onednn import linear
+from opdpipe.plain_llama import PlainLlama
 from opdpipe.toggles import Toggle
 
 _SWITCH = Toggle()
@@ -34,9 +35,17 @@ def disabled():
     return _SWITCH.disabled()
 
 
+def enabled() -> bool:
+    """False inside `disabled()`."""
+    return _SWITCH.on
+
+
 def supports(model) -> bool:
-    """True for the embedded Llama models this module computes exactly: a bare LlamaForCausalLM (no
-    DDP or LoRA wrapper) in float32, without the config features this forward leaves out."""
+    """True for the embedded Llama models this module computes exactly: a PlainLlama (its folder was
+    checked when read), or a bare LlamaForCausalLM (no DDP or LoRA wrapper) in float32, without the
+    config features this forward leaves out."""
+    if type(model) is PlainLlama:
+        return _SWITCH.on
     from transformers import LlamaForCausalLM
 
     if not _SWITCH.on or type(model) is not LlamaForCausalLM or getattr(model, "peft_config", None):
@@ -251,6 +260,13 @@ def response_logprobs(model, context_ids: list[list[int]], response: torch.Tenso
     enabled); the prompt part runs once per distinct context. Masked positions are not zeroed here."""
     from opdpipe.scoring import token_logprobs
 
+    return token_logprobs(response_logits(model, context_ids, response, response_mask, pad_id), response)
+
+
+def response_logits(model, context_ids: list[list[int]], response: torch.Tensor, response_mask: torch.Tensor,
+                    pad_id: int) -> torch.Tensor:
+    """Float32 logits [B, T, V] predicting each response token after its row's context (the bias meter's
+    full distributions; response_logprobs picks the sampled tokens' log-probs from them)."""
     net = _Net.of(model)
     last, kv, valid, start = prefill(net, context_ids, pad_id)
     B, T = response.shape
@@ -263,7 +279,7 @@ def response_logprobs(model, context_ids: list[list[int]], response: torch.Tenso
         mask = torch.cat([valid[:, None, :].expand(B, T - 1, -1), causal.expand(B, -1, -1)], dim=2)[:, None]
         x = net.layers(net.embed(ids), net.rope(pos), _full_attention(mask, net.scale, past=kv))
         h = torch.cat([last[:, None], x], dim=1)
-    return token_logprobs(net.head(h).float(), response)
+    return net.head(h).float()
 
 
 def logits(model, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:

@@ -1,19 +1,24 @@
 """Small Llama-architecture causal LMs built from a config dict, and checkpoint loading.
 
 Llama, not Qwen2: with Qwen2Config, AutoTokenizer swaps a custom tokenizer for Qwen2Tokenizer.
+transformers is imported where a function needs it: an OPD job on the embedded models never does
+(load_trainable).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig
+
+from opdpipe import fastlm, plain_llama
 
 MODEL_KEYS = {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
               "max_position_embeddings"}
 
 
 def build_model(spec: dict, tokenizer, seed: int) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig
+
     unknown = set(spec) - MODEL_KEYS
     if unknown:
         raise ValueError(f"model config: unknown key(s) {sorted(unknown)}; allowed: {sorted(MODEL_KEYS)}")
@@ -30,12 +35,23 @@ def build_model(spec: dict, tokenizer, seed: int) -> torch.nn.Module:
 
 
 def load_model(path: str | Path) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no checkpoint at {path} (missing config.json); run the stage that makes it first")
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     model.eval()
     return model
+
+
+def load_trainable(path: str | Path, plain: bool = True) -> torch.nn.Module:
+    """An embedded checkpoint for an OPD run: a PlainLlama (opdpipe.plain_llama, no transformers import)
+    when `plain`, the folder qualifies and opdpipe.fastlm is on (every pass is then fastlm's), else
+    transformers' model (load_model). plain=False where transformers' forward is needed (a DDP wrapper)."""
+    if plain and fastlm.enabled() and plain_llama.readable(path):
+        return plain_llama.load(path)
+    return load_model(path)
 
 
 def num_params(model: torch.nn.Module) -> int:

@@ -28,7 +28,10 @@ def _layout(context_ids, response, response_mask, pad_id):
 
 def response_logits(model, context_ids: list[list[int]], response: torch.Tensor, response_mask: torch.Tensor,
                     pad_id: int) -> torch.Tensor:
-    """Logits [B, T, V] that predict each response token given its context and earlier tokens."""
+    """Logits [B, T, V] that predict each response token given its context and earlier tokens (the
+    embedded models through opdpipe.fastlm, each distinct context once)."""
+    if fastlm.supports(model):
+        return fastlm.response_logits(model, context_ids, response, response_mask, pad_id)
     ids, attn, pos = _layout(context_ids, response, response_mask, pad_id)
     T = response.shape[1]
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1)

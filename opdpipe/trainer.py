@@ -29,7 +29,7 @@ from opdpipe.divergences import check_clip, clip_log_u, get_divergence
 from opdpipe.generation import decode_responses, sample
 from opdpipe.hparams import DEFAULTS  # the paper's recipe, one visible block
 from opdpipe.losses import AGGREGATIONS, policy_loss
-from opdpipe.models import load_model, save_checkpoint
+from opdpipe.models import load_model, load_trainable, save_checkpoint
 from opdpipe.checkpoints import WORK
 from opdpipe.provenance import atomic_write_json, atomic_write_text, provenance
 from opdpipe.resources import check_world
@@ -37,7 +37,7 @@ from opdpipe.scoring import sequence_logprobs, teacher_logprobs
 from opdpipe.sft import lr_lambda
 from opdpipe.tasks import get_task
 from opdpipe.tasks.graders import scorer_for
-from opdpipe.tokenizer import load_tokenizer
+from opdpipe.tokenizer import load_char_tokenizer, load_tokenizer
 
 SCHEDULES = ("constant", "cosine")
 # In-progress state (checkpoints, streamed metrics) lives in <out>/work/ (opdpipe.checkpoints), which no
@@ -267,11 +267,11 @@ def build_state(spec: RunSpec, cfg: dict, found, log, ctx: distributed.Context =
         torch.manual_seed(spec.seed)  # a fresh LoRA adapter's initialisation draws from the global generator
         student, teacher, tok, rt = runtime.load_pair(spec.student, spec.teacher, spec.backend,
                                                       found[0] if found else None, cfg["rollout_batch_size"], spec.seed)
-    else:
-        tok = load_tokenizer(spec.student)
-        student = found[0] if found else load_model(spec.student)
-        teacher = load_model(spec.teacher)
-    check_compatible(tok, load_tokenizer(spec.teacher), student, teacher)
+    else:  # the embedded models, without transformers where fastlm runs every pass (opdpipe.plain_llama)
+        tok = load_char_tokenizer(spec.student)
+        student = found[0] if found else load_trainable(spec.student, plain=not ctx.active)  # DDP: transformers'
+        teacher = load_trainable(spec.teacher, plain=not ctx.active)
+    check_compatible(tok, (load_tokenizer if spec.backend else load_char_tokenizer)(spec.teacher), student, teacher)
     for p in teacher.parameters():
         p.requires_grad_(False)
     torch.manual_seed(spec.seed)
@@ -349,7 +349,7 @@ def run(spec: RunSpec, callbacks: tuple[Callable[[int, dict], None], ...] = (), 
     (out / WORK).mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     metrics_path = out / WORK / "metrics.jsonl"
-    load = load_model if not spec.backend else \
+    load = (lambda ckpt: load_trainable(ckpt, plain=not ctx.active)) if not spec.backend else \
         (lambda ckpt: runtime.load_resumed_student(spec.student, ckpt, spec.backend))  # LoRA: adapter only
     state = build_state(spec, cfg, _resume_point(out, metrics_path, log, ctx, load), log, ctx)
     vocab = state.student.config.vocab_size

@@ -96,9 +96,9 @@ def test_two_gloo_ranks_take_the_same_step_as_one_process(tiny_world, tmp_path, 
     assert roll.mask.sum(-1).unique().numel() > 1  # unequal lengths: the global token count matters
     torch.save((prompts, roll), tmp_path / "batch.pt")
     spec = _spec(tiny_world, tmp_path / "one", **hp)
-    state = build_state(spec, validate(spec), None, log=lambda m: None)
-    before = {k: v.clone() for k, v in state.student.state_dict().items()}
-    with fastlm.disabled():  # as on the ranks
+    with fastlm.disabled():  # as on the ranks: transformers' model and forward
+        state = build_state(spec, validate(spec), None, log=lambda m: None)
+        before = {k: v.clone() for k, v in state.student.state_dict().items()}
         one = learn(state, spec.cfg(), prompts, roll)
     _spawn_ranks(2, tiny_world, tmp_path / "two", hp, tmp_path / "batch.pt")
     two = torch.load(tmp_path / "two" / "rank0.pt", weights_only=False)

@@ -66,15 +66,16 @@ def test_the_hint_reaches_the_teacher_and_never_the_student(tiny_world, group_da
                            hparams={"steps": 1, "prompts_per_step": 4, "group_size": 2, "max_new_tokens": 8,
                                     "eval_size": 4, "bias_every": 0})
     cfg = trainer.validate(spec)
-    state = trainer.build_state(spec, cfg, None, log=lambda *a: None)
     seen = {"teacher": [], "student": []}
     if path == "fast":
+        state = trainer.build_state(spec, cfg, None, log=lambda *a: None)
         assert fastlm.supports(state.student)
         _fast_path_calls(state, seen, monkeypatch)
         trainer.train_step(state, cfg)
     else:
-        _forward_hooks(state, seen)
-        with fastlm.disabled():
+        with fastlm.disabled():  # transformers' model and forward
+            state = trainer.build_state(spec, cfg, None, log=lambda *a: None)
+            _forward_hooks(state, seen)
             trainer.train_step(state, cfg)
 
     tok = load_tokenizer(tiny_world / "tokenizer")

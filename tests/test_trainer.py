@@ -95,6 +95,7 @@ def test_every_log_prob_pass_of_an_update_goes_through_the_learner(tiny_world, t
             return self.module(*args, **kwargs)
 
     spec = _spec(tiny_world, tmp_path, num_substeps=2)
+    monkeypatch.setattr(trainer, "load_trainable", lambda path, plain: load_model(path))  # as with ranks (plain=False)
     state = trainer.build_state(spec, trainer.validate(spec), None, log=lambda m: None)
     state.learner = Wrapped(state.student)
     seen, real = [], trainer.sequence_logprobs

@@ -54,52 +54,59 @@ def readable(path: str | Path) -> bool:
             and cfg["rope_parameters"]["rope_type"] == "default")
 
 
-class _Norm(nn.Module):
-    def __init__(self, size: int):
+class _Weight(nn.Module):
+    """A module holding one `weight` parameter: a projection's, a norm's or the embedding's (with its
+    padding_idx, as nn.Embedding has). Built from the loaded tensor: no initialisation is run."""
+
+    def __init__(self, weight: torch.Tensor, padding_idx: int | None = None):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(size, device="meta"))
+        self.weight = nn.Parameter(weight)
+        self.padding_idx = padding_idx
 
 
-class _Attention(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            setattr(self, name, nn.Linear(c.hidden_size, c.hidden_size, bias=False, device="meta"))
-
-
-class _MLP(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False, device="meta")
-        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False, device="meta")
-        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False, device="meta")
-
-
-class _Layer(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.self_attn, self.mlp = _Attention(c), _MLP(c)
-        self.input_layernorm, self.post_attention_layernorm = _Norm(c.hidden_size), _Norm(c.hidden_size)
-
-
-class _Model(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size, c.pad_token_id, device="meta")
-        self.layers = nn.ModuleList(_Layer(c) for _ in range(c.num_hidden_layers))
-        self.norm = _Norm(c.hidden_size)
+def _children(module: nn.Module, **children: nn.Module) -> nn.Module:
+    for name, child in children.items():
+        setattr(module, name, child)
+    return module
 
 
 class PlainLlama(nn.Module):
     """LlamaForCausalLM's parameters (tied output head) and config values, read from and saved to a
     `save_pretrained` folder; the passes are opdpipe.fastlm's."""
 
-    def __init__(self, files: dict[str, bytes]):
+    def __init__(self, files: dict[str, bytes], weights: dict[str, torch.Tensor]):
         super().__init__()
         self.files = files  # the config files as read: save_pretrained writes them back
-        self.config = SimpleNamespace(**json.loads(files["config.json"]))
-        self.model = _Model(self.config)
-        self.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False, device="meta")
+        self.config = c = SimpleNamespace(**json.loads(files["config.json"]))
+        D, I, V = c.hidden_size, c.intermediate_size, c.vocab_size
+        shapes = {"embed_tokens": (V, D), "norm": (D,), "q_proj": (D, D), "k_proj": (D, D), "v_proj": (D, D),
+                  "o_proj": (D, D), "gate_proj": (I, D), "up_proj": (I, D), "down_proj": (D, I),
+                  "input_layernorm": (D,), "post_attention_layernorm": (D,)}
+        left = dict(weights)
+
+        def take(prefix: str, name: str) -> _Weight:
+            key = f"{prefix}{name}.weight"
+            if key not in left or tuple(left[key].shape) != shapes[name]:
+                got = tuple(left[key].shape) if key in left else "missing"
+                raise ValueError(f"{WEIGHTS}: weight {key} is {got}, the config asks for {shapes[name]}")
+            return _Weight(left.pop(key), c.pad_token_id if name == "embed_tokens" else None)
+
+        def layer(i: int) -> nn.Module:  # in LlamaDecoderLayer's order: attention, MLP, the two norms
+            p = f"model.layers.{i}."
+            return _children(nn.Module(),
+                             self_attn=_children(nn.Module(), **{n: take(p + "self_attn.", n)
+                                                                 for n in ("q_proj", "k_proj", "v_proj", "o_proj")}),
+                             mlp=_children(nn.Module(), **{n: take(p + "mlp.", n)
+                                                           for n in ("gate_proj", "up_proj", "down_proj")}),
+                             input_layernorm=take(p, "input_layernorm"),
+                             post_attention_layernorm=take(p, "post_attention_layernorm"))
+
+        self.model = _children(nn.Module(), embed_tokens=take("model.", "embed_tokens"),
+                               layers=nn.ModuleList(layer(i) for i in range(c.num_hidden_layers)),
+                               norm=take("model.", "norm"))
+        if left:
+            raise ValueError(f"{WEIGHTS}: unexpected weights {sorted(left)}")
+        self.lm_head = _children(nn.Module(), weight=self.model.embed_tokens.weight)  # tied, as the config says
 
     def forward(self, *args, **kwargs):
         raise TypeError("PlainLlama has no forward of its own (its passes are opdpipe.fastlm's); "
@@ -121,10 +128,5 @@ def load(path: str | Path) -> PlainLlama:
     from safetensors.torch import load_file
 
     path = Path(path)
-    model = PlainLlama({name: (path / name).read_bytes() for name in CONFIG_FILES})
-    missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False, assign=True)
-    if set(missing) != {"lm_head.weight"} or unexpected:
-        raise ValueError(f"{path / WEIGHTS}: missing weights {sorted(set(missing) - {'lm_head.weight'})}, "
-                         f"unexpected {sorted(unexpected)}")
-    model.lm_head.weight = model.model.embed_tokens.weight  # tied, as tie_word_embeddings says
-    return model.eval()
+    return PlainLlama({name: (path / name).read_bytes() for name in CONFIG_FILES},
+                      load_file(str(path / WEIGHTS))).eval()

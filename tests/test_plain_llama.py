@@ -181,3 +181,20 @@ def test_an_opd_job_on_the_embedded_models_never_imports_transformers(world, tmp
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "r" / "final" / "model.safetensors").exists()
+
+
+def test_weights_that_do_not_fit_the_config_are_named(world, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    good = load_file(str(world / "student" / "model.safetensors"))
+    cases = [({**good, "model.norm.weight": good["model.norm.weight"][:-1]},
+              r"weight model.norm.weight is \(15,\), the config asks for \(16,\)"),
+             ({k: v for k, v in good.items() if k != "model.layers.0.mlp.up_proj.weight"},
+              r"weight model.layers.0.mlp.up_proj.weight is missing"),
+             ({**good, "model.layers.0.self_attn.q_proj.bias": torch.zeros(16)},
+              r"unexpected weights \['model.layers.0.self_attn.q_proj.bias'\]")]
+    for i, (weights, match) in enumerate(cases):
+        bad = shutil.copytree(world / "student", tmp_path / f"bad{i}")
+        save_file(weights, str(bad / "model.safetensors"), metadata={"format": "pt"})
+        with pytest.raises(ValueError, match=match):
+            plain_llama.load(bad)

@@ -271,6 +271,8 @@ def build_state(spec: RunSpec, cfg: dict, found, log, ctx: distributed.Context =
         tok = load_char_tokenizer(spec.student)
         student = found[0] if found else load_trainable(spec.student, plain=not ctx.active)  # DDP: transformers'
         teacher = load_trainable(spec.teacher, plain=not ctx.active)
+        log(f"models: student {type(student).__name__}, teacher {type(teacher).__name__}, "
+            f"tokenizer {type(tok).__name__}")
     check_compatible(tok, (load_tokenizer if spec.backend else load_char_tokenizer)(spec.teacher), student, teacher)
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -32,7 +32,10 @@ def world(tiny_world, tmp_path_factory):
         model, tok = load_model(tiny_world / who), load_tokenizer(tiny_world / who)
         with torch.no_grad():
             for name, p in model.named_parameters():
-                p.add_(0.1 * torch.randn(p.shape, generator=gen)) if "norm" not in name else p.uniform_(0.5, 1.5, generator=gen)
+                if "norm" in name:
+                    p.uniform_(0.5, 1.5, generator=gen)
+                else:
+                    p.add_(0.1 * torch.randn(p.shape, generator=gen))
         save_checkpoint(model, tok, root / who)
     shutil.copytree(tiny_world / "data", root / "data")
     return root
@@ -158,12 +161,15 @@ def _spec(world, out):
 
 
 def test_an_opd_run_on_plain_models_is_the_run_on_transformers_models(world, tmp_path, monkeypatch):
-    run(_spec(world, tmp_path / "plain"), progress=False)
+    logs = {"plain": [], "hf": []}
+    run(_spec(world, tmp_path / "plain"), progress=False, log=logs["plain"].append)
     import opdpipe.trainer as trainer
 
     monkeypatch.setattr(trainer, "load_trainable", lambda path, plain=True: load_model(path))
     monkeypatch.setattr(trainer, "load_char_tokenizer", load_tokenizer)
-    run(_spec(world, tmp_path / "hf"), progress=False)
+    run(_spec(world, tmp_path / "hf"), progress=False, log=logs["hf"].append)
+    assert "models: student PlainLlama, teacher PlainLlama, tokenizer CharTokenizer" in logs["plain"]
+    assert "models: student LlamaForCausalLM, teacher LlamaForCausalLM, tokenizer TokenizersBackend" in logs["hf"]
     for folder in ("final", "best"):
         assert _files(tmp_path / "plain" / folder) == _files(tmp_path / "hf" / folder)
 

@@ -43,15 +43,18 @@ def readable(path: str | Path) -> bool:
     except (OSError, ValueError):
         return False
     installed = metadata.version("transformers")  # save_pretrained writes its own version into both files
-    return (set(cfg) == CONFIG_KEYS and cfg["transformers_version"] == installed
-            and gen.get("transformers_version") == installed and (path / WEIGHTS).is_file()
-            and cfg["architectures"] == ["LlamaForCausalLM"] and cfg["model_type"] == "llama"
-            and cfg["dtype"] == "float32" and cfg["hidden_act"] == "silu" and cfg["tie_word_embeddings"] is True
-            and cfg["attention_bias"] is False and cfg["mlp_bias"] is False and cfg["attention_dropout"] == 0
-            and cfg["pretraining_tp"] == 1 and cfg["num_key_value_heads"] == cfg["num_attention_heads"]
-            and cfg["head_dim"] * cfg["num_attention_heads"] == cfg["hidden_size"]
-            and cfg["rope_parameters"].keys() == {"rope_theta", "rope_type"}
-            and cfg["rope_parameters"]["rope_type"] == "default")
+    try:
+        return (set(cfg) == CONFIG_KEYS and cfg["transformers_version"] == installed
+                and gen.get("transformers_version") == installed and (path / WEIGHTS).is_file()
+                and cfg["architectures"] == ["LlamaForCausalLM"] and cfg["model_type"] == "llama"
+                and cfg["dtype"] == "float32" and cfg["hidden_act"] == "silu" and cfg["tie_word_embeddings"] is True
+                and cfg["attention_bias"] is False and cfg["mlp_bias"] is False and cfg["attention_dropout"] == 0
+                and cfg["pretraining_tp"] == 1 and cfg["num_key_value_heads"] == cfg["num_attention_heads"]
+                and cfg["head_dim"] * cfg["num_attention_heads"] == cfg["hidden_size"]
+                and cfg["rope_parameters"].keys() == {"rope_theta", "rope_type"}
+                and cfg["rope_parameters"]["rope_type"] == "default")
+    except (TypeError, AttributeError):  # a value of another type (a list, null, a string): not ours
+        return False
 
 
 class _Weight(nn.Module):
@@ -78,9 +81,9 @@ class PlainLlama(nn.Module):
         super().__init__()
         self.files = files  # the config files as read: save_pretrained writes them back
         self.config = c = SimpleNamespace(**json.loads(files["config.json"]))
-        D, I, V = c.hidden_size, c.intermediate_size, c.vocab_size
+        D, F, V = c.hidden_size, c.intermediate_size, c.vocab_size
         shapes = {"embed_tokens": (V, D), "norm": (D,), "q_proj": (D, D), "k_proj": (D, D), "v_proj": (D, D),
-                  "o_proj": (D, D), "gate_proj": (I, D), "up_proj": (I, D), "down_proj": (D, I),
+                  "o_proj": (D, D), "gate_proj": (F, D), "up_proj": (F, D), "down_proj": (D, F),
                   "input_layernorm": (D,), "post_attention_layernorm": (D,)}
         left = dict(weights)
 

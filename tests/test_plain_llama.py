@@ -108,6 +108,8 @@ def _edit(folder: Path, dest: Path, config=None, generation=None, drop=None) -> 
     (lambda c: c.update(rope_parameters={"rope_theta": 1e4, "rope_type": "linear", "factor": 2.0}), None, None),
     (lambda c: c.update(architectures=["MistralForCausalLM"], model_type="mistral"), None, None),
     (lambda c: c.update(quantization_config={"quant_method": "bitsandbytes"}), None, None),
+    (lambda c: c.update(rope_parameters=None), None, None),
+    (lambda c: c.update(head_dim="16"), None, None),
     (lambda c: c.update(transformers_version="4.57.0"), None, None),
     (None, lambda g: g.update(transformers_version="4.57.0"), None),
     (None, None, "generation_config.json"),

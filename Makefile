@@ -28,21 +28,33 @@ WHERE := $(PY) -m opdpipe.cli where "$$CONFIG"
 # make test keeps its local smoke run here; make test-cluster compares the SLURM run with it
 SMOKE_DIR := $(CURDIR)/.cache/smoke-local
 
-# pip byte-compiles every file it installs on one core (about 50 of its 85 s here); installing with
-# --no-compile and then compiling the environment's site-packages on all cores writes the same .pyc
-# files (the whole set-up 1.27-1.28x faster on 2 cores: benchmarks/setup_install.sh). Like pip's own
-# step, it skips files this Python cannot compile (e.g. torch's 3.12-only test helper), so
-# compile_dir's success flag is not an error.
+# The environment is installed by uv (pinned below; `make setup SETUP_WITH=pip` installs the same pinned
+# set with pip instead). uv fetches and unpacks the wheels in parallel and byte-compiles on all cores: the
+# same packages, versions and .pyc files, the set-up 2.4-2.7x faster here (benchmarks/setup_install.sh).
+# uv does not read pip's configuration: the wheel folders pip is given (PIP_FIND_LINKS, pip.conf's
+# find-links, e.g. a local CPU build of torch) are passed on to it.
+# pip byte-compiles every file it installs on one core, so its path installs with --no-compile and then
+# compiles the environment's site-packages on all cores (compileall, like pip skipping files this Python
+# cannot compile, so compile_dir's success flag is not an error).
+SETUP_WITH ?= uv
+export SETUP_WITH
+UV_VERSION := 0.13.9
 PIP_INSTALL := -m pip install -q --disable-pip-version-check --no-compile
 BYTE_COMPILE := -c "import compileall, sysconfig; compileall.compile_dir(sysconfig.get_path('purelib'), quiet=2, workers=0)"
-
 .PHONY: setup test test-cluster test-ui reproduce variant mlflow-ui dry-run lint vllm-env test-vllm bench-env
 
+FIND_LINKS = $$( { echo "$${PIP_FIND_LINKS:-}"; $(1) -m pip config get global.find-links 2>/dev/null; } | tr ' ' '\n' | sed -n 's|^.|--find-links &|p')
+
 $(STAMP): requirements.txt pyproject.toml
+	case "$$SETUP_WITH" in uv|pip) ;; *) echo "SETUP_WITH must be uv or pip, got '$$SETUP_WITH'" >&2; exit 2 ;; esac
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) $(PIP_INSTALL) -r requirements.txt
-	$(PY) $(PIP_INSTALL) --no-deps -e .
-	$(PY) $(BYTE_COMPILE)
+	if [ "$$SETUP_WITH" = uv ]; then \
+	  $(PY) $(PIP_INSTALL) uv==$(UV_VERSION) && \
+	  $(VENV)/bin/uv pip install -q --python $(PY) --compile-bytecode $(call FIND_LINKS,$(PY)) -r requirements.txt && \
+	  $(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e . ; \
+	else \
+	  $(PY) $(PIP_INSTALL) -r requirements.txt && $(PY) $(PIP_INSTALL) --no-deps -e . && $(PY) $(BYTE_COMPILE) ; \
+	fi
 	touch $@
 
 setup: $(STAMP)

@@ -5,7 +5,8 @@ cannot import vllm: then it runs, unchanged, in the vLLM extra's interpreter
 (opdpipe.backends.vllm_env), as `python -m opdpipe.train_job <job.json>`, writing to the same log.
 
     job = {"spec": asdict(RunSpec), "variant": id, "study": name, "tracking_uri": uri,
-           "task": the study's task or self-distillation group (default spec.task)}
+           "task": the study's task or self-distillation group (default spec.task),
+           "live": tracking.live (default true): log the curves to MLflow while training}
 """
 from __future__ import annotations
 
@@ -28,13 +29,15 @@ def needs_other_python(spec) -> bool:
 
 
 def run_job(job: dict, log=print) -> None:
-    """Train one variant, mirroring its steps to MLflow while it trains where mlflow is installed
-    (else the track rule logs every step from metrics.jsonl afterwards)."""
+    """Train one variant, mirroring its steps to MLflow while it trains where mlflow is installed and
+    `tracking.live` is on (else the track rule logs every step from metrics.jsonl afterwards)."""
     from opdpipe import trainer
 
     spec = trainer.RunSpec(**job["spec"])
     live = None
-    if importlib.util.find_spec("mlflow") is not None:
+    if not job.get("live", True):
+        log("tracking.live is false: no live logging; the track rule logs the steps when the study ends")
+    elif importlib.util.find_spec("mlflow") is not None:
         from opdpipe import tracking
 
         live = tracking.LiveRun(job["tracking_uri"], job["study"], job.get("task", spec.task), job["variant"],

@@ -41,3 +41,10 @@ def test_make_variant_arguments_are_checked_and_never_run(tmp_path, var):
     r = _make("variant", CONFIG=ROOT / "configs" / "smoke.yaml", **values)
     assert r.returncode != 0 and f"{var}=" in r.stderr and "allowed:" in r.stderr, r.stderr[-2000:]
     assert not marker.exists()
+
+
+def test_an_unknown_installer_is_refused_before_anything_is_built(tmp_path):
+    r = subprocess.run(["make", "-s", "-C", str(ROOT), "setup", f"VENV={tmp_path / 'env'}", "SETUP_WITH=conda; touch x"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "SETUP_WITH must be uv or pip, got 'conda; touch x'" in r.stderr, r.stderr
+    assert not (tmp_path / "env").exists() and not (ROOT / "x").exists()

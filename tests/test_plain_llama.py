@@ -182,13 +182,18 @@ def test_an_opd_run_on_plain_models_is_the_run_on_transformers_models(world, tmp
 
 
 def test_an_opd_job_on_the_embedded_models_never_imports_transformers(world, tmp_path):
-    code = ("import sys; from opdpipe.trainer import RunSpec, run; "
-            f"run(RunSpec(**{_spec(world, tmp_path / 'r').__dict__!r}), progress=False); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))")
+    """The job as the workflow runs it (opdpipe.train_job), with tracking.live false: neither transformers
+    nor MLflow is imported, and the job says where its curves will come from."""
+    job = {"spec": _spec(world, tmp_path / "r").__dict__, "variant": "forward_kl-opd_plus", "study": "t",
+           "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "task": "math", "live": False}
+    code = ("import sys; from opdpipe.train_job import run_job; "
+            f"run_job({job!r}); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'mlflow')))")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
-    assert (tmp_path / "r" / "final" / "model.safetensors").exists()
+    assert "tracking.live is false: no live logging; the track rule logs the steps" in out
+    assert (tmp_path / "r" / "final" / "model.safetensors").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_weights_that_do_not_fit_the_config_are_named(world, tmp_path):

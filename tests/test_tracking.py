@@ -51,6 +51,33 @@ def test_live_run_does_not_create_a_store(tmp_path):
     assert "no MLflow store" in messages[0] and not (tmp_path / "mlflow.db").exists()
 
 
+def test_curves_from_a_metrics_file_are_the_curves_logged_live(tmp_path):
+    """tracking.live false: the track rule logs every step from metrics.jsonl; the run ends with the
+    curves live logging gives (the same steps and values of every numeric metric)."""
+    import json
+
+    uri = tracking.default_uri(tmp_path)
+    store = tracking.init_store(uri, "t", tmp_path / "artifacts")
+    client = tracking.mlflow_client(uri)
+    rows = [{"step": 0, "val/greedy_acc": 0.25}] + [
+        {"step": s, "loss": 1.0 / s, "grad_norm": float(s), "val/greedy_acc": 0.5, "kl/x": -s / 7, "note": "text"}
+        for s in range(1, 61)]  # 60 steps: more than one of the track rule's 50-step requests
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    live = tracking.LiveRun(uri, "t", "math", "jsd-opd", 1)
+    for r in rows:
+        live.log_step(r["step"], {k: v for k, v in r.items() if k != "step"})
+    live.flush()
+    (live_id,) = [r.info.run_id for r in client.search_runs([store["experiment_id"]], "tags.seed = '1'")]
+    after = tracking.track_entry(client, store, "t", {**_entry(tmp_path), "metrics_jsonl": metrics})
+
+    def curves(run_id):
+        return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k))
+                for k in ("loss", "grad_norm", "val/greedy_acc", "kl/x")}
+    assert curves(after) == curves(live_id) and len(curves(after)["loss"]) == 60
+    assert len(curves(after)["val/greedy_acc"]) == 61 and "note" not in client.get_run(after).data.metrics
+
+
 def _entry(tmp_path, avg=0.5):
     ev = tmp_path / f"eval{avg}.json"
     ev.write_text("{}")

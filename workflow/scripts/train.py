@@ -15,10 +15,12 @@ spec = trainer.RunSpec(task=kind, divergence=p.variant["divergence"], design=p.v
                        data_dir=str(Path(snakemake.input.data).parent), out_dir=p.run_dir,
                        hparams={**p.hparams, "threads": max(1, snakemake.threads // world)}, backend=p.backend)
 uri = p.tracking_uri or default_tracking_uri(Layout(p.results))
-job = {"variant": w.variant, "study": p.study, "tracking_uri": uri, "task": w.task}  # the row's task (or group)
+# tracking.live is read here, not as a param: whether curves stream live changes no output, so it re-runs nothing
+live = snakemake.config["tracking"]["live"]
+job = {"variant": w.variant, "study": p.study, "tracking_uri": uri, "task": w.task, "live": live}  # the row's task (or group)
 if world > 1:
     distributed.launch(spec, world, tracking={"uri": uri, "study": p.study, "task": w.task, "variant": w.variant,
-                                              "seed": int(w.seed)}, log=say)
+                                              "seed": int(w.seed)} if live else None, log=say)
 elif train_job.needs_other_python(spec):  # rollout.backend vllm: the extra lives in its own environment
     from opdpipe.backends.vllm_env import require
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import bench_world as bw
-from opdpipe import data, fastlm
+from opdpipe import data, fastlm, optim
 from opdpipe.config import load
 from opdpipe.data import load_split
 from opdpipe.models import build_model
@@ -79,7 +79,7 @@ def batches(cfg: dict, args, root: Path, tok) -> tuple[list, dict, dict]:
 
 def time_steps(model, forward, steps: list, settings: dict) -> float:
     """Seconds per SFT step, as train_sft runs one."""
-    opt = torch.optim.AdamW(model.parameters(), lr=settings["lr"], betas=(0.9, 0.98))
+    opt = optim.AdamW(model.parameters(), lr=settings["lr"], betas=(0.9, 0.98))
     t0 = time.perf_counter()
     for ids, attn, labels in steps:
         logits = forward(model, ids, attn)[:, :-1]

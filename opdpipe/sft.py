@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from opdpipe import fastlm
+from opdpipe import fastlm, optim
 
 Segments = list[tuple[str, bool]]  # response pieces and whether the loss learns them
 
@@ -55,7 +55,7 @@ def train_sft(model, tokenizer, pairs: list[tuple[str, str | Segments]], steps: 
     """Train in place; returns {'loss_first', 'loss_last', 'tokens_per_s', 'wall_s'}."""
     data = encode_pairs(tokenizer, pairs, max_len)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    opt = optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(max(1, steps // 20), steps))
     model.train()
     fast = fastlm.supports(model)

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from opdpipe import bias_meter, checkpoints, distributed, validation
+from opdpipe import bias_meter, checkpoints, distributed, optim, validation
 from opdpipe.advantages import compute_advantages, get_design
 from opdpipe.backends import accumulate, runtime
 from opdpipe.data import load_split
@@ -277,7 +277,7 @@ def build_state(spec: RunSpec, cfg: dict, found, log, ctx: distributed.Context =
     for p in teacher.parameters():
         p.requires_grad_(False)
     torch.manual_seed(spec.seed)
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg["lr"],
+    opt = optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg["lr"],
                             weight_decay=cfg["weight_decay"])
     total = cfg["steps"]
     sched_fn = lr_lambda(cfg["warmup_steps"], total) if cfg["lr_schedule"] == "cosine" else \

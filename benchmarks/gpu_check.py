@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working tree, installed or not
 
+from opdpipe import optim  # noqa: E402
 from opdpipe.backends import lora  # noqa: E402
 from opdpipe.backends.accumulate import accumulate, logprobs_in_micro_batches  # noqa: E402
 from opdpipe.backends.chat import encode_prompts  # noqa: E402
@@ -136,7 +137,7 @@ def main():
         block = {"device": args.device, "dtype": "bfloat16", "gradient_checkpointing": True,
                  "adapter": {"type": "lora", "rank": args.rank, "alpha": args.rank, "target_modules": "all-linear"}}
         student = lora.attach_lora(load_student(Path(tmp) / "student", block), lora.check_adapter(block["adapter"]))
-    opt = torch.optim.AdamW([q for q in student.parameters() if q.requires_grad], lr=1e-4)
+    opt = optim.AdamW([q for q in student.parameters() if q.requires_grad], lr=1e-4)  # as the trainer builds it
     engine, div, design = get_engine("hf"), get_divergence("reverse_kl"), get_design("opd_plus")
     gen = torch.Generator(device=dev).manual_seed(args.seed)
     chat = {"template": "auto", "kwargs": {"enable_thinking": False}}

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -76,6 +79,7 @@ class Browser:
             except OSError:
                 pass
             if time.monotonic() > deadline or self.proc.poll() is not None:
+                self._stop()
                 raise RuntimeError(f"chromium did not open its DevTools port {self.port}")
             await asyncio.sleep(0.3)
         self.session = aiohttp.ClientSession()
@@ -87,12 +91,20 @@ class Browser:
     async def __aexit__(self, *exc) -> None:
         await self.ws.close()
         await self.session.close()
-        self.proc.terminate()
+        self._stop()
+
+    def _stop(self) -> None:
+        """End Chromium's whole process group (start_new_session): a renderer or helper left running
+        would write into the profile after it is removed."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         shutil.rmtree(self.profile, ignore_errors=True)
 
     async def send(self, method: str, **params) -> dict:

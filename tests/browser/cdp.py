@@ -68,7 +68,8 @@ class Browser:
         self.proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={self.profile}",
                                       f"--remote-debugging-port={self.port}", "--remote-allow-origins=*",
                                       f"--window-size={self.size[0]},{self.size[1]}", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                     env={**os.environ, "TMPDIR": self.profile})  # its singleton socket dir too
         base = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 60
         while True:

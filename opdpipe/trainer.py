@@ -278,7 +278,7 @@ def build_state(spec: RunSpec, cfg: dict, found, log, ctx: distributed.Context =
         p.requires_grad_(False)
     torch.manual_seed(spec.seed)
     opt = optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg["lr"],
-                            weight_decay=cfg["weight_decay"])
+                      weight_decay=cfg["weight_decay"])
     total = cfg["steps"]
     sched_fn = lr_lambda(cfg["warmup_steps"], total) if cfg["lr_schedule"] == "cosine" else \
         (lambda s: min(1.0, (s + 1) / cfg["warmup_steps"]) if cfg["warmup_steps"] else 1.0)

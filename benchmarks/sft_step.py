@@ -5,19 +5,24 @@ loss, backward, clipping and AdamW step) on the default study's batches, against
 
 The model is the default study's teacher (or student) block, random-init (the shapes set the cost,
 not the weights); the batches are drawn as train_sft draws them from the task's reference solutions
-(with the teacher's extra error copies), right-padded to the longest row. Two forwards, interleaved
-round by round in one process, one torch thread:
-  transformers  model(input_ids, attention_mask).logits (its matmuls on MKL), as train_sft runs
-                models outside the fast path;
-  fast path     opdpipe.fastlm.logits, as train_sft runs the embedded models: the same Llama math
-                through fastlm's layers, its larger matmuls on oneDNN (opdpipe.onednn).
+(with the teacher's extra error copies), right-padded to the longest row. Three paths of the step's
+loss (opdpipe.sft.loss), interleaved round by round in one process, one torch thread:
+  transformers      model(input_ids, attention_mask).logits (its matmuls on MKL), as train_sft runs
+                    models outside the fast path;
+  fast, padded      opdpipe.fastlm.logits on every position of the padded batch, the head where a
+                    learned token is predicted (fastlm.every_position(): the fast path before packing);
+  fast path         as train_sft runs the embedded models: fastlm's layers on the rows' tokens alone
+                    (padding left out), the head where a learned token is predicted, its larger
+                    matmuls on oneDNN where the CPU has AVX-512 (opdpipe.onednn).
 Printed: ms per step (median over rounds), padded tokens per second, the step's FLOPs (forward +
-backward = 3 x forward, the output head on every position) and their share of MKL's single-thread
-float32 matmul rate (512^3) measured here, and the largest logit difference between the two forwards.
+backward = 3 x forward, every padded position and the head on each) and their share of MKL's
+single-thread float32 matmul rate (512^3) measured here, and the largest logit difference between
+transformers' forward and fastlm's.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -25,14 +30,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import bench_world as bw
 from opdpipe import data, fastlm, optim
 from opdpipe.config import load
 from opdpipe.data import load_split
 from opdpipe.models import build_model
-from opdpipe.sft import collate, encode_pairs
+from opdpipe.sft import collate, encode_pairs, loss
 from opdpipe.tasks import get_task
 from opdpipe.teacher import training_pairs
 from opdpipe.tokenizer import build_char_tokenizer
@@ -57,8 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-FORWARDS = {"transformers": lambda m, ids, attn: m(input_ids=ids, attention_mask=attn).logits,
-            "fast path": fastlm.logits}
+PATHS = {"transformers": fastlm.disabled, "fast, padded": fastlm.every_position, "fast path": contextlib.nullcontext}
 
 
 def batches(cfg: dict, args, root: Path, tok) -> tuple[list, dict, dict]:
@@ -77,16 +80,17 @@ def batches(cfg: dict, args, root: Path, tok) -> tuple[list, dict, dict]:
     return out, cfg[block]["model"], settings
 
 
-def time_steps(model, forward, steps: list, settings: dict) -> float:
-    """Seconds per SFT step, as train_sft runs one."""
+def time_steps(model, path, steps: list, settings: dict) -> float:
+    """Seconds per SFT step, as train_sft runs one, inside the path's block."""
     opt = optim.AdamW(model.parameters(), lr=settings["lr"], betas=(0.9, 0.98))
+    with PATHS[path]():
+        fast = fastlm.supports(model)
     t0 = time.perf_counter()
     for ids, attn, labels in steps:
-        logits = forward(model, ids, attn)[:, :-1]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
-                               ignore_index=-100, label_smoothing=settings.get("label_smoothing", 0.0))
+        with PATHS[path]():
+            step_loss = loss(model, ids, attn, labels, settings.get("label_smoothing", 0.0), fast)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        step_loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     return (time.perf_counter() - t0) / len(steps)
@@ -103,18 +107,18 @@ def main(argv=None) -> int:
     model = build_model(block, tok, cfg["seed"])
     ids, attn, _ = steps[0]
     with torch.no_grad():
-        diff = (FORWARDS["transformers"](model, ids, attn) - fastlm.logits(model, ids, attn)).abs()
+        diff = (model(input_ids=ids, attention_mask=attn).logits - fastlm.logits(model, ids, attn)).abs()
     tokens = statistics.mean(s[0].numel() for s in steps)
     width = statistics.mean(s[0].shape[1] for s in steps)
     flops = 3 * bw.forward_flops(block, len(tok), int(tokens), width / 2)
-    times = {name: [] for name in FORWARDS}
+    times = {name: [] for name in PATHS}
     for _ in range(args.rounds):
-        for name, forward in FORWARDS.items():  # the same weights' cost: the update changes no shape
-            times[name].append(time_steps(model, forward, steps, settings))
+        for name in PATHS:  # the same weights' cost: the update changes no shape
+            times[name].append(time_steps(model, name, steps, settings))
     print(f"{args.who} SFT step ({args.task}): batch {settings['batch_size']}, mean padded width {width:.0f}, "
           f"{flops / 1e9:.2f} GFLOP/step; single-thread float32 matmul (512^3): {peak:.1f} GFLOP/s; "
           f"max |logit difference| {diff.max().item():.2e}")
-    print("| forward | ms/step | padded tokens/s | % of MKL's matmul rate |\n|---|---:|---:|---:|")
+    print("| path | ms/step | padded tokens/s | % of MKL's matmul rate |\n|---|---:|---:|---:|")
     for name, ts in times.items():
         s = statistics.median(ts)
         print(f"| {name} | {1e3 * s:.0f} | {tokens / s:.0f} | {100 * flops / s / 1e9 / peak:.0f} |")

@@ -27,7 +27,8 @@ from opdpipe.config import load, opd_hparams, variants
 from opdpipe.layout import Layout
 
 PARTS = ("rollout", "teacher", "update")
-PATHS = {"fast": contextlib.nullcontext, "fast-mkl": onednn.disabled, "reference": fastlm.disabled}
+PATHS = {"fast": contextlib.nullcontext, "fast-padded": fastlm.every_position, "fast-mkl": onednn.disabled,
+         "reference": fastlm.disabled}
 
 
 def one_run(cfg, lay, task, variant, steps, path) -> dict:

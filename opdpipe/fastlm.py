@@ -2,14 +2,17 @@
 
 The same math as transformers' LlamaForCausalLM (RMSNorm, rotary positions, causal attention over
 left-padded rows, SwiGLU MLP, output head), run on the HF module's own parameters: gradients reach
-the module, and checkpoints stay `save_pretrained` folders. Two savings, both exact up to float
-rounding (tests/test_fastlm.py holds them to the reference path within 1e-5):
+the module, and checkpoints stay `save_pretrained` folders. Three savings, all exact up to float
+rounding (tests/test_fastlm.py and tests/test_packing.py hold them to the reference path within 1e-5):
 - no per-call framework work (mask builders, cache objects, output classes), and few kernels per
   layer: rotary positions as one complex multiply, RMSNorm weights folded into the projections, a
   decoding step's attention as two batched matmuls over a flat preallocated cache;
 - a prompt shared by the G rollouts of a group runs once: its keys and values are computed for the
   distinct prompts and joined to each row's own, in rollouts, teacher scoring and the update alike
-  (the gradient through a shared prompt sums over its rows, as it does when every row recomputes it).
+  (the gradient through a shared prompt sums over its rows, as it does when every row recomputes it);
+- the teacher's scoring, the update's forward and the SFT loss run the position-wise work (norms,
+  projections, MLP, head) on a batch's tokens alone, not on the padding after each row's end, which
+  no token attends: a quarter of an OPD batch's response positions, 4-14% of an SFT batch's (_Packed).
 Its larger float32 matrix multiplies go through oneDNN on CPUs with AVX-512 (opdpipe.onednn: about
 twice MKL's rate on an AVX-512 AMD CPU), in the gradient too. Models it does not cover
 (other architectures, grouped-query attention, biases, scaled rotary positions, attention dropout,
@@ -28,11 +31,18 @@ from opdpipe.plain_llama import PlainLlama
 from opdpipe.toggles import Toggle
 
 _SWITCH = Toggle()
+_PACK = Toggle()  # response passes on the response tokens alone (off: every position)
 
 
 def disabled():
     """Run the reference (transformers) path inside this block: for tests and before/after benchmarks."""
     return _SWITCH.disabled()
+
+
+def every_position():
+    """Response passes over every [B, T] position, padding included, inside this block (the step before
+    response_logprobs packed the tokens): for tests and before/after benchmarks."""
+    return _PACK.disabled()
 
 
 def enabled() -> bool:
@@ -117,14 +127,20 @@ class _Net:
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return linear(self.norm(x), self.out)
 
-    def layers(self, x, rot, attend):
+    def layers(self, x, rot, attend, packed: "_Packed | None" = None):
         """Run every decoder layer over x [B, L, D] with the rotations `rot` (self.rope of the positions);
-        `attend(i, q, k, v)` ([B, H, L, d] each, q and k rotated) is layer i's attention, [B, L, D]."""
-        B, L, D = x.shape
+        `attend(i, q, k, v)` ([B, H, L, d] each, q and k rotated) is layer i's attention, [B, L, D].
+        With `packed`, x holds only the positions that matter, [N, D] (see _Packed): the projections,
+        norms and MLP run on those alone, and attention on the [B, L] layout they are placed back into."""
         for i, (qkv, o_w, gate_up, down) in enumerate(self.blocks):
-            qkv_h = linear(self.norm(x), qkv).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            h = linear(self.norm(x), qkv)
+            if packed is not None:
+                h = packed.spread(h)
+            B, L = h.shape[:2]
+            qkv_h = h.view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k = _rotate(qkv_h[:2], rot).unbind(0)  # rotary positions on q and k at once
-            x = x + linear(attend(i, q, k, qkv_h[2]), o_w)
+            a = attend(i, q, k, qkv_h[2])
+            x = x + linear(a if packed is None else packed.pick(a), o_w)
             g, u = linear(self.norm(x), gate_up).chunk(2, dim=-1)
             x = x + linear(F.silu(g) * u, down)
         return x
@@ -254,44 +270,89 @@ def _with_past(past: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     return torch.cat([grouped, new.unflatten(0, (C, B // C))], dim=3).flatten(0, 1)
 
 
+@dataclass
+class _Packed:
+    """The positions of a [B, L] layout that matter (`keep`, True where needed), as rows of a packed
+    [N, ...] tensor: position-wise work (projections, norms, MLP, head) runs on the N alone."""
+    keep: torch.Tensor  # [B, L] bool
+    index: torch.Tensor  # [N] flat positions b * L + l of the kept ones
+
+    @classmethod
+    def of(cls, keep: torch.Tensor) -> "_Packed":
+        return cls(keep, keep.flatten().nonzero().squeeze(-1))
+
+    def pick(self, t: torch.Tensor) -> torch.Tensor:
+        """[B, L, ...] -> [N, ...]"""
+        return t.flatten(0, 1).index_select(0, self.index)
+
+    def spread(self, t: torch.Tensor) -> torch.Tensor:
+        """[N, ...] -> [B, L, ...], zeros where not kept."""
+        B, L = self.keep.shape
+        return t.new_zeros(B * L, *t.shape[1:]).index_copy(0, self.index, t).unflatten(0, (B, L))
+
+
 def response_logprobs(model, context_ids: list[list[int]], response: torch.Tensor, response_mask: torch.Tensor,
                       pad_id: int) -> torch.Tensor:
     """Sampled-token log-probs [B, T] of `response` after each row's context (gradients flow if
-    enabled); the prompt part runs once per distinct context. Masked positions are not zeroed here."""
+    enabled); the prompt part runs once per distinct context. Only the response tokens (mask 1) are
+    computed, 0 elsewhere: a row's later positions are padding that no response token attends, so the
+    layers' position-wise work and the head run on the tokens alone (every_position() turns it off)."""
     from opdpipe.scoring import token_logprobs
 
-    return token_logprobs(response_logits(model, context_ids, response, response_mask, pad_id), response)
+    if not _PACK.on:
+        return token_logprobs(response_logits(model, context_ids, response, response_mask, pad_id), response)
+    net, keep = _Net.of(model), response_mask.bool()
+    logp = token_logprobs(net.head(_response_states(net, context_ids, response, keep, pad_id)).float(), response[keep])
+    return logp.new_zeros(response.shape).masked_scatter(keep, logp)
 
 
 def response_logits(model, context_ids: list[list[int]], response: torch.Tensor, response_mask: torch.Tensor,
                     pad_id: int) -> torch.Tensor:
-    """Float32 logits [B, T, V] predicting each response token after its row's context (the bias meter's
-    full distributions; response_logprobs picks the sampled tokens' log-probs from them)."""
+    """Float32 logits [B, T, V] predicting each response token after its row's context, at every
+    position (the bias meter's full distributions)."""
     net = _Net.of(model)
+    return net.head(_response_states(net, context_ids, response, response_mask.bool(), pad_id, packed=False)).float()
+
+
+def _response_states(net: _Net, context_ids: list[list[int]], response: torch.Tensor, keep: torch.Tensor,
+                     pad_id: int, packed: bool = True) -> torch.Tensor:
+    """The last layer's states that predict each response token: [N, D] at the tokens alone (keep
+    [B, T], row-major), or with packed=False [B, T, D] at every position."""
     last, kv, valid, start = prefill(net, context_ids, pad_id)
     B, T = response.shape
-    if T == 1:
-        h = last[:, None]
-    else:
-        ids = torch.where(response_mask.bool(), response, torch.full_like(response, pad_id))[:, :T - 1]
+    h = last[:, None]
+    if T > 1:  # input t of the response feeds the prediction of token t + 1
         pos = start[:, None] + torch.arange(T - 1, device=response.device)
         causal = torch.ones(T - 1, T - 1, dtype=torch.bool, device=response.device).tril()
         mask = torch.cat([valid[:, None, :].expand(B, T - 1, -1), causal.expand(B, -1, -1)], dim=2)[:, None]
-        x = net.layers(net.embed(ids), net.rope(pos), _full_attention(mask, net.scale, past=kv))
-        h = torch.cat([last[:, None], x], dim=1)
-    return net.head(h).float()
+        attend = _full_attention(mask, net.scale, past=kv)
+        if packed:
+            inputs = _Packed.of(keep[:, 1:])
+            x = inputs.spread(net.layers(net.embed(inputs.pick(response[:, :T - 1])), net.rope(pos), attend,
+                                         packed=inputs))
+        else:
+            ids = torch.where(keep, response, torch.full_like(response, pad_id))[:, :T - 1]
+            x = net.layers(net.embed(ids), net.rope(pos), attend)
+        h = torch.cat([h, x], dim=1)
+    return h[keep] if packed else h
 
 
-def logits(model, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+def logits(model, ids: torch.Tensor, attn: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
     """model(input_ids=ids, attention_mask=attn).logits [B, L, V] of right-padded rows (SFT batches):
-    positions 0..L-1, a padding key never attended (a padding query still sees the row's tokens)."""
+    positions 0..L-1, a padding key never attended (a padding query still sees the row's tokens).
+    With `at` ([B, L] bool, within attn), only the logits at those positions, [N, V] in row-major
+    order, and the layers' position-wise work runs on the rows' tokens alone (none attends padding)."""
     net = _Net.of(model)
     B, L = ids.shape
     causal = torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()
     mask = (causal[None] & attn.bool()[:, None, :])[:, None]
-    x = net.layers(net.embed(ids), net.rope(torch.arange(L, device=ids.device).expand(B, -1)),
-                   _full_attention(mask, net.scale))
-    return net.head(x)
+    rot, attend = net.rope(torch.arange(L, device=ids.device).expand(B, -1)), _full_attention(mask, net.scale)
+    if at is None or not _PACK.on:
+        x = net.layers(net.embed(ids), rot, attend)
+        return net.head(x if at is None else x[at])
+    tokens = _Packed.of(attn.bool())
+    x = net.layers(net.embed(tokens.pick(ids)), rot, attend, packed=tokens)
+    return net.head(tokens.spread(x)[at])
 
 
 @torch.no_grad()

@@ -49,6 +49,21 @@ def lr_lambda(warmup: int, total: int, min_ratio: float = 0.1):
     return f
 
 
+def loss(model, ids, attn, labels, label_smoothing: float = 0.0, fast: bool | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy over the learned tokens (labels != -100) of a collated batch. The
+    embedded models (opdpipe.fastlm; `fast` None: fastlm.supports(model)) run the layers on the rows'
+    tokens alone and the head only where a learned token is predicted: the same mean, same positions."""
+    fast = fastlm.supports(model) if fast is None else fast
+    target = labels[:, 1:]  # position t predicts token t+1
+    if fast:
+        at = torch.nn.functional.pad(target != -100, (0, 1))
+        return torch.nn.functional.cross_entropy(fastlm.logits(model, ids, attn, at).float(), target[at[:, :-1]],
+                                                 label_smoothing=label_smoothing)
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                                             ignore_index=-100, label_smoothing=label_smoothing)
+
+
 def train_sft(model, tokenizer, pairs: list[tuple[str, str | Segments]], steps: int, batch_size: int, lr: float,
               seed: int, max_len: int = 256, weight_decay: float = 0.0, log_every: int = 50,
               label_smoothing: float = 0.0, log=print) -> dict:
@@ -63,18 +78,14 @@ def train_sft(model, tokenizer, pairs: list[tuple[str, str | Segments]], steps: 
     for step in range(steps):
         idx = torch.randint(len(data), (batch_size,), generator=gen).tolist()
         ids, attn, labels = (t.to(model.device) for t in collate([data[i] for i in idx], tokenizer.pad_token_id))
-        logits = (fastlm.logits(model, ids, attn) if fast else  # the embedded models: opdpipe.fastlm
-                  model(input_ids=ids, attention_mask=attn).logits)[:, :-1]  # position t predicts token t+1
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                                 labels[:, 1:].reshape(-1), ignore_index=-100,
-                                                 label_smoothing=label_smoothing)
+        step_loss = loss(model, ids, attn, labels, label_smoothing, fast)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        step_loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         tokens += int(attn.sum())
-        losses.append(loss.item())
+        losses.append(step_loss.item())
         if log_every and (step + 1) % log_every == 0:
             log(f"sft step {step + 1}/{steps} loss {sum(losses[-log_every:]) / log_every:.4f}")
     model.eval()

@@ -1,9 +1,14 @@
 """Time default OPD runs (one variant, one seed, one thread) and their per-step split, on the fast path
-(opdpipe.fastlm), on the fast path with its matmuls on MKL (opdpipe.onednn disabled) and on the
-reference transformers path, interleaved in one process.
+(opdpipe.fastlm), on the fast path over every padded response position (fastlm.every_position: the
+teacher's and the update's passes before they left the padding out), on the fast path with its
+matmuls on MKL (opdpipe.onednn disabled) and on the reference transformers path, interleaved in one
+process.
 
     python benchmarks/train_step.py [--config configs/default.yaml] [--task math] [--variant reverse_kl-opd]
-                                    [--steps N] [--rounds R] [--paths fast,fast-mkl,reference]
+                                    [--steps N] [--rounds R] [--paths fast,fast-padded,fast-mkl,reference]
+
+The paths' float rounding differs, so over a whole run their trajectories part (other responses,
+other lengths); a few steps (--steps 10) compare them on nearly the same batches.
 
 Needs the study's world (data, teacher, SFT-init) under results/<study>/, as `make reproduce`
 (or `snakemake results/<study>/<task>/sft_init/manifest.json --cores all`) makes it. Writes the

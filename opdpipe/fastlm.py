@@ -10,9 +10,10 @@ rounding (tests/test_fastlm.py and tests/test_packing.py hold them to the refere
 - a prompt shared by the G rollouts of a group runs once: its keys and values are computed for the
   distinct prompts and joined to each row's own, in rollouts, teacher scoring and the update alike
   (the gradient through a shared prompt sums over its rows, as it does when every row recomputes it);
-- the teacher's scoring, the update's forward and the SFT loss run the position-wise work (norms,
-  projections, MLP, head) on a batch's tokens alone, not on the padding after each row's end, which
-  no token attends: a quarter of an OPD batch's response positions, 4-14% of an SFT batch's (_Packed).
+- the prompts' prefill, the teacher's scoring, the update's forward and the SFT loss run the
+  position-wise work (norms, projections, MLP, head) on a batch's tokens alone, not on the padding
+  that no token attends: a quarter of an OPD batch's response positions, up to a tenth of its
+  prompts', 4-14% of an SFT batch's (_Packed).
 Its larger float32 matrix multiplies go through oneDNN on CPUs with AVX-512 (opdpipe.onednn: about
 twice MKL's rate on an AVX-512 AMD CPU), in the gradient too. Models it does not cover
 (other architectures, grouped-query attention, biases, scaled rotary positions, attention dropout,
@@ -31,7 +32,7 @@ from opdpipe.plain_llama import PlainLlama
 from opdpipe.toggles import Toggle
 
 _SWITCH = Toggle()
-_PACK = Toggle()  # response passes on the response tokens alone (off: every position)
+_PACK = Toggle()  # passes on a batch's tokens alone (off: every position of the padded layout)
 
 
 def disabled():
@@ -40,8 +41,8 @@ def disabled():
 
 
 def every_position():
-    """Response passes over every [B, T] position, padding included, inside this block (the step before
-    response_logprobs packed the tokens): for tests and before/after benchmarks."""
+    """Every pass over every position of its padded layout inside this block (the passes before they
+    left the padding out): for tests and before/after benchmarks."""
     return _PACK.disabled()
 
 
@@ -235,7 +236,12 @@ def prefill(net: _Net, contexts: list[list[int]], pad_id: int):
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
     valid = attn.bool()
     kv = []
-    x = net.layers(net.embed(ids), net.rope(pos), _full_attention(_prompt_mask(valid), net.scale, keep=kv))
+    attend = _full_attention(_prompt_mask(valid), net.scale, keep=kv)
+    if _PACK.on:  # the prompts' tokens alone; the padding's keys and values are zeros, masked for every row
+        tokens = _Packed.of(valid)
+        x = tokens.spread(net.layers(net.embed(tokens.pick(ids)), net.rope(pos), attend, packed=tokens))
+    else:
+        x = net.layers(net.embed(ids), net.rope(pos), attend)
     G = _groups(rows, len(uniq))
     per_row = _per_row(rows, len(uniq), G)
     if G is None:

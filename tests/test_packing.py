@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from opdpipe import fastlm
+from opdpipe.generation import sample
 from opdpipe.models import build_model
 from opdpipe.scoring import sequence_logprobs, teacher_logprobs
 from opdpipe.sft import collate, loss
@@ -35,7 +36,8 @@ def world():
 
 def rollout(tok, gen, lengths: list[int], T: int):
     """Prompts (G = 2 rows each, of different lengths) and responses of the given token counts, padded."""
-    prompts = [torch.randint(3, len(tok), (4 + 3 * (i // 2),), generator=gen).tolist() for i in range(len(lengths))]
+    distinct = [torch.randint(3, len(tok), (4 + 3 * i,), generator=gen).tolist() for i in range(len(lengths) // 2)]
+    prompts = [p for p in distinct for _ in range(2)]
     response = torch.randint(3, len(tok), (len(lengths), T), generator=gen)
     mask = (torch.arange(T)[None] < torch.tensor(lengths)[:, None]).long()
     return prompts, torch.where(mask.bool(), response, tok.pad_token_id), mask
@@ -108,16 +110,18 @@ def test_packing_places_every_kept_position_back_and_zeros_the_rest():
 
 
 def test_the_layers_run_on_the_tokens_alone(world, monkeypatch):
-    """Every projection of the response pass sees the N kept inputs, not the B x (T - 1) padded ones."""
+    """Every projection sees the tokens alone: each distinct prompt's (the prefill), then the N kept
+    response inputs, then the head the N' response tokens; never a padded [B, L] layout."""
     tok, model, gen = world
     prompts, response, mask = rollout(tok, gen, [9, 1, 4, 9, 2, 7], 9)
     rows, real = [], fastlm.linear
-    monkeypatch.setattr(fastlm, "linear", lambda x, w: rows.append(x.shape[:-1]) or real(x, w))
+    monkeypatch.setattr(fastlm, "linear", lambda x, w: rows.append(tuple(x.shape[:-1])) or real(x, w))
     teacher_logprobs(model, prompts, response, mask, tok.pad_token_id)
-    after_prefill = [r for r in rows if len(r) == 1]  # the prefill's are [prompts, width]
-    assert len(after_prefill) == len(rows) - 4 * SPEC["num_hidden_layers"] == 4 * SPEC["num_hidden_layers"] + 1
-    inputs, tokens = int(mask[:, 1:].sum()), int(mask.sum())
-    assert set(after_prefill[:-1]) == {(inputs,)} and after_prefill[-1] == (tokens,)  # then the head
+    per_pass = 4 * SPEC["num_hidden_layers"]
+    prompt_tokens = sum(len(p) for p in prompts[::2])  # G = 2 rows per prompt
+    assert len(prompts[0]) != len(prompts[-1]) and len(rows) == 2 * per_pass + 1
+    assert set(rows[:per_pass]) == {(prompt_tokens,)}
+    assert set(rows[per_pass:-1]) == {(int(mask[:, 1:].sum()),)} and rows[-1] == (int(mask.sum()),)
 
 
 def test_the_sft_layers_run_on_the_tokens_alone_and_the_head_where_a_token_is_learned(world, monkeypatch):
@@ -128,3 +132,16 @@ def test_the_sft_layers_run_on_the_tokens_alone_and_the_head_where_a_token_is_le
     monkeypatch.setattr(fastlm, "linear", lambda x, w: shapes.append(x.shape[:-1]) or real(x, w))
     loss(model, ids, attn, labels)
     assert set(shapes[:-1]) == {(12 + 5 + 8,)} and shapes[-1] == (int((labels[:, 1:] != -100).sum()),)
+
+
+def test_rollouts_over_packed_prompts_draw_the_same_tokens(world):
+    tok, model, gen = world
+    prompts, _, _ = rollout(tok, gen, [1] * 6, 1)  # prompts of three lengths, left-padded in the prefill
+    draws = {}
+    for name, block in PATHS.items():
+        with block():
+            draws[name] = sample(model, prompts, 12, tok.eos_token_id, tok.pad_token_id,
+                                 generator=torch.Generator().manual_seed(5))
+    for name in ("every position", "transformers"):
+        assert torch.equal(draws["packed"].response, draws[name].response), name
+        assert (draws["packed"].logprobs - draws[name].logprobs).abs().max() < 1e-5, name

@@ -8,9 +8,9 @@ Shapes are (rows, inputs, outputs) of `x @ w.T`: the response positions of 64 ro
 (1984 rows), 16 shared prompts x 44 positions (704 rows), a 64-row decode step; the backward pair of
 a linear layer (input gradient g @ w, weight gradient g.T @ x) is timed as one. Each time is the best
 of repeated calls over `--seconds`, so it is the kernels' rate with warm caches, an upper bound for
-the step. On a CPU where MKL already runs its AVX-512 code (Intel), the two rates are close; on AMD
-CPUs with AVX-512, MKL takes its AVX2 code and oneDNN is about twice as fast; on CPUs without AVX-512,
-MKL was faster (opdpipe then keeps F.linear: opdpipe.onednn.preferred).
+the step. On AMD CPUs with AVX-512, MKL takes its AVX2 code and oneDNN is about twice as fast; on
+Intel CPUs with AVX-512 (MKL runs its AVX-512 code) and on CPUs without AVX-512, MKL was faster
+(opdpipe then keeps F.linear: opdpipe.onednn.preferred).
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def row(M: int, K: int, N: int, seconds: float) -> str:
     rates = [flops * n / best(fns[k], seconds) / 1e9 for fns, n in ((fwd, 1), (bwd, 2)) for k in ("mkl", "onednn")]
     same = torch.equal(fwd["mkl"](), fwd["onednn"]())
     above = "no (F.linear)" if M * K * N < onednn.MIN_MACS else "yes" if onednn.available() else \
-        "no (F.linear: no AVX-512)"
+        "no (F.linear: MKL preferred on this CPU)"
     return (f"| {M} x {K} x {N} | {rates[0]:.0f} | {rates[1]:.0f} | {rates[1] / rates[0]:.2f} | {rates[2]:.0f} | "
             f"{rates[3]:.0f} | {rates[3] / rates[2]:.2f} | {'yes' if same else 'no'} | {above} |")
 
@@ -61,7 +61,8 @@ def main(argv=None) -> int:
     if not onednn.built_in():
         sys.exit("this torch has no oneDNN inner product (torch.ops.mkldnn._linear_pointwise): opdpipe uses F.linear")
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread, GFLOP/s (best of {args.seconds:g} s per kernel)")
+    print(f"torch {torch.__version__}, CPU {onednn.cpu_vendor() or 'vendor unknown'} "
+          f"{torch.backends.cpu.get_cpu_capability()}, 1 thread, GFLOP/s (best of {args.seconds:g} s per kernel)")
     print("| rows x inputs x outputs | forward MKL | forward oneDNN | x | backward MKL | backward oneDNN | x "
           "| same forward bits | oneDNN in opdpipe |\n|---|---:|---:|---:|---:|---:|---:|---|---|")
     for M, K, N in SHAPES:

@@ -13,7 +13,7 @@ loss (opdpipe.sft.loss), interleaved round by round in one process, one torch th
                     learned token is predicted (fastlm.every_position(): the fast path before packing);
   fast path         as train_sft runs the embedded models: fastlm's layers on the rows' tokens alone
                     (padding left out), the head where a learned token is predicted, its larger
-                    matmuls on oneDNN where the CPU has AVX-512 (opdpipe.onednn).
+                    matmuls on oneDNN where opdpipe.onednn takes it (non-Intel CPUs with AVX-512).
 Printed: ms per step (median over rounds), padded tokens per second, the step's FLOPs (forward +
 backward = 3 x forward, every padded position and the head on each) and their share of MKL's
 single-thread float32 matmul rate (512^3) measured here, and the largest logit difference between

@@ -31,7 +31,7 @@ What one step includes, timed:
            validation, the bias meter and checkpoints (set to never; `trainer.run` does them every
            10-25 steps). At this version the embedded models run these passes through
            opdpipe.fastlm (plain torch, each distinct prompt computed once for its 4 rollouts),
-           its larger matmuls through oneDNN (opdpipe.onednn), as the study's runs do.
+           its larger matmuls through oneDNN where opdpipe.onednn takes it, as the study's runs do.
   TRL      transformers.Trainer's optimizer step from on_step_begin to on_step_end with
            GKDTrainer.training_step: `model.generate` of the 64 rollouts (KV cache), completion
            masks, one student forward and one no-grad teacher forward over the whole sequence (full
@@ -87,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds per direction")
     p.add_argument("--directions", default="forward_kl,reverse_kl", help="comma-separated: forward_kl, reverse_kl")
     p.add_argument("--matmul", default="onednn", choices=["onednn", "mkl"],
-                   help="opdpipe's larger matmuls: its own choice (oneDNN with AVX-512, else MKL) or MKL (TRL's library)")
+                   help="opdpipe's larger matmuls: its own choice (oneDNN on a non-Intel CPU with AVX-512, else MKL) or MKL (TRL's library)")
     p.add_argument("--kernels", type=int, default=5,
                    help="opdpipe steps profiled after the rounds, for its time by kernel class (0: none)")
     p.add_argument("--workdir", default=None, help="keep the checkpoints and data here (default: a temp dir)")
@@ -251,7 +251,7 @@ def main(argv=None) -> int:
     peak = bw.matmul_gflops()
     own = bw.matmul_gflops(mm=onednn._mm) if args.matmul == "onednn" and onednn.available() else peak
     lib = args.matmul if onednn.available() else \
-        f"mkl ({'no AVX-512' if onednn.built_in() else 'no oneDNN in this torch'}: opdpipe keeps F.linear)"
+        f"mkl ({'MKL preferred on this CPU' if onednn.built_in() else 'no oneDNN in this torch'}: opdpipe keeps F.linear)"
     print(f"trl {trl.__version__}, torch {torch.__version__}, 1 thread, opdpipe's matmuls: {lib}; "
           f"single-thread float32 matmul (512^3): MKL {peak:.1f}, opdpipe's library {own:.1f} GFLOP/s; "
           f"{study['hparams']['prompts_per_step']} prompts x {study['hparams']['group_size']} "

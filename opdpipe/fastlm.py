@@ -14,8 +14,8 @@ rounding (tests/test_fastlm.py and tests/test_packing.py hold them to the refere
   position-wise work (norms, projections, MLP, head) on a batch's tokens alone, not on the padding
   that no token attends: a quarter of an OPD batch's response positions, up to a tenth of its
   prompts', 4-14% of an SFT batch's (_Packed).
-Its larger float32 matrix multiplies go through oneDNN on CPUs with AVX-512 (opdpipe.onednn: about
-twice MKL's rate on an AVX-512 AMD CPU), in the gradient too. Models it does not cover
+Its larger float32 matrix multiplies go through oneDNN on non-Intel CPUs with AVX-512 (opdpipe.onednn:
+about twice MKL's rate on an AVX-512 AMD CPU), in the gradient too. Models it does not cover
 (other architectures, grouped-query attention, biases, scaled rotary positions, attention dropout,
 weights other than float32, gradient checkpointing, a DDP or LoRA wrapper) take the reference path:
 `supports(model)` decides.

@@ -1,15 +1,17 @@
 """Float32 linear layers on the CPU through oneDNN: the fast path's matrix multiplies.
 
-torch runs a float32 `F.linear` through MKL's sgemm, which on AMD CPUs takes its AVX2 code even where
-the CPU has AVX-512 (measured here, an AMD EPYC with AVX-512: 110-114 GFLOP/s on one thread). torch
-also ships oneDNN, whose kernels pick the CPU's widest vector unit by its features: 245-260 GFLOP/s
-on the same core, about 2x at the fast path's large shapes (benchmarks/gemm_rate.py prints both).
-`linear(x, w)` is `F.linear(x, w)` (no bias) through oneDNN's inner product, forward and backward,
-for float32 CPU tensors of at least MIN_MACS multiply-adds; smaller ones (a decode step's 64-row
-projections, where oneDNN's per-call cost eats its gain) and anything else (other dtypes, other
-devices, a torch without oneDNN) take `F.linear`. So does every matmul on a CPU without AVX-512: there
-both libraries run AVX2 code, and MKL was the faster one at every shape of the step (an AMD EPYC with
-AVX2 only: oneDNN 0.49-1.09x MKL's rate forward, 0.76-0.89x backward; benchmarks/gemm_rate.py).
+torch runs a float32 `F.linear` through MKL's sgemm, which picks its code by CPU vendor: AVX-512 on
+Intel CPUs, AVX2 on AMD ones even where the CPU has AVX-512 (measured here, an AMD EPYC with AVX-512:
+110-114 GFLOP/s on one thread). torch also ships oneDNN, whose kernels pick the CPU's widest vector
+unit by its features: 245-260 GFLOP/s on the same core, about 2x at the fast path's large shapes
+(benchmarks/gemm_rate.py prints both). `linear(x, w)` is `F.linear(x, w)` (no bias) through oneDNN's
+inner product, forward and backward, for float32 CPU tensors of at least MIN_MACS multiply-adds;
+smaller ones (a decode step's 64-row projections, where oneDNN's per-call cost eats its gain) and
+anything else (other dtypes, other devices, a torch without oneDNN) take `F.linear`. So does every
+matmul on a CPU where MKL was the faster library: without AVX-512 (an AMD EPYC with AVX2 only: oneDNN
+0.49-1.09x MKL's rate forward, 0.76-0.89x backward) and on Intel CPUs with AVX-512, where MKL runs
+its AVX-512 code (an Intel Xeon, Ice Lake: oneDNN 0.51-1.32x forward, 0.34-0.83x backward, the step
+1.16x slower); `preferred` holds the rule.
 
 The same math in another order: a dot product over up to 96 inputs gives the same bits as MKL's
 (one block), a longer one can differ in the last bits; tests/test_onednn.py holds values and
@@ -17,6 +19,8 @@ gradients to F.linear within float32 rounding. Same machine, same thread count: 
 run after run.
 """
 from __future__ import annotations
+
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -28,13 +32,27 @@ _SWITCH = Toggle()
 _BUILT_IN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")  # looked up once
 
 
-def preferred(capability: str) -> bool:
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's vendor ("GenuineIntel", "AuthenticAMD", ...): Linux's cpuinfo, else what
+    platform.processor() names (Windows); "" where neither tells (e.g. an ARM CPU)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return next((v for v in ("GenuineIntel", "AuthenticAMD") if v in platform.processor()), "")
+
+
+def preferred(capability: str, vendor: str) -> bool:
     """oneDNN for a CPU whose widest vector unit torch reports as `capability`
-    (torch.backends.cpu.get_cpu_capability(): "AVX512", "AVX2", "DEFAULT", ...): only with AVX-512."""
-    return capability.startswith("AVX512")
+    (torch.backends.cpu.get_cpu_capability(): "AVX512", "AVX2", "DEFAULT", ...) and whose `vendor`
+    (cpu_vendor()) MKL runs no AVX-512 code on: AVX-512, and a vendor known and other than Intel."""
+    return capability.startswith("AVX512") and vendor not in ("", "GenuineIntel")
 
 
-_ON_THIS_CPU = preferred(torch.backends.cpu.get_cpu_capability())  # fixed per machine: the same numbers run after run
+_ON_THIS_CPU = preferred(torch.backends.cpu.get_cpu_capability(), cpu_vendor())  # fixed per machine: the same numbers run after run
 
 
 def disabled():

@@ -2,7 +2,7 @@
 same seed, log-probs and gradients within float rounding, and the models it must leave alone. Every
 test runs twice: with the fast path's matmuls on MKL (opdpipe.onednn disabled) and with all of them
 on oneDNN (its size threshold at 0, since these test models are smaller than it; on any CPU, as if it
-had AVX-512)."""
+were one that takes it)."""
 import pytest
 import torch
 

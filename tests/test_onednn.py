@@ -63,11 +63,33 @@ def test_same_inputs_give_the_same_bits_every_time():
     assert all(torch.equal(first, onednn.linear(x, w)) for _ in range(3))
 
 
-def test_only_cpus_with_avx512_prefer_onednn():
-    assert onednn.preferred("AVX512") and not any(onednn.preferred(c) for c in ("AVX2", "DEFAULT", "ZVECTOR", "SVE256"))
+def test_only_non_intel_cpus_with_avx512_prefer_onednn():
+    # MKL runs AVX-512 code on Intel CPUs alone: oneDNN is taken where the CPU has AVX-512 and MKL leaves it unused
+    assert onednn.preferred("AVX512", "AuthenticAMD")
+    assert not any(onednn.preferred(c, "AuthenticAMD") for c in ("AVX2", "DEFAULT", "ZVECTOR", "SVE256"))
+    assert not onednn.preferred("AVX512", "GenuineIntel")
+    assert not onednn.preferred("AVX512", "")  # vendor unknown: torch's own F.linear
 
 
-@pytest.mark.parametrize("case", ["small", "float64", "disabled", "cpu without AVX-512"])
+@pytest.mark.parametrize("text,vendor", [
+    ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n", "GenuineIntel"),
+    ("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: avx512f\n", "AuthenticAMD"),
+    ("processor\t: 0\nCPU implementer\t: 0x41\n", ""),  # an ARM CPU's cpuinfo names no vendor_id
+])
+def test_cpu_vendor_reads_cpuinfo(tmp_path, monkeypatch, text, vendor):
+    monkeypatch.setattr(onednn.platform, "processor", lambda: "")
+    (tmp_path / "cpuinfo").write_text(text)
+    assert onednn.cpu_vendor(str(tmp_path / "cpuinfo")) == vendor
+
+
+def test_cpu_vendor_without_cpuinfo_asks_platform(tmp_path, monkeypatch):
+    monkeypatch.setattr(onednn.platform, "processor", lambda: "AMD64 Family 25 Model 17 Stepping 1, AuthenticAMD")
+    assert onednn.cpu_vendor(str(tmp_path / "missing")) == "AuthenticAMD"
+    monkeypatch.setattr(onednn.platform, "processor", lambda: "")
+    assert onednn.cpu_vendor(str(tmp_path / "missing")) == ""
+
+
+@pytest.mark.parametrize("case", ["small", "float64", "disabled", "cpu where MKL is preferred"])
 def test_what_it_does_not_take_goes_to_f_linear(case, monkeypatch):
     calls = []
     monkeypatch.setattr(onednn, "_mm", lambda a, w: calls.append(1) or F.linear(a, w))
@@ -77,7 +99,7 @@ def test_what_it_does_not_take_goes_to_f_linear(case, monkeypatch):
     if case == "disabled":
         with onednn.disabled():
             out = onednn.linear(x, w)
-    elif case == "cpu without AVX-512":
+    elif case == "cpu where MKL is preferred":
         with pytest.MonkeyPatch.context() as m:
             m.setattr(onednn, "_ON_THIS_CPU", False)
             assert onednn.built_in() and not onednn.available()

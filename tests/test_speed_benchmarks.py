@@ -203,6 +203,6 @@ def test_gemm_rate_times_every_shape_and_checks_its_bits(capsys, monkeypatch, av
     assert [tuple(map(int, r[:3])) for r in rows] == gemm_rate.SHAPES
     assert all(int(rate) > 0 for r in rows for rate in r[3:])
     # one block of inputs (64): oneDNN gives MKL's bits; a 64-row decode projection stays on F.linear
-    used = "yes" if avx512 else r"no \(F\.linear: no AVX-512\)"
+    used = "yes" if avx512 else r"no \(F\.linear: MKL preferred on this CPU\)"
     assert re.search(r"^\| 1984 x 64 x 512 \|.*\| yes \| " + used + r" \|$", out, re.M)
     assert re.search(r"^\| 64 x 64 x 192 \|.*\| no \(F\.linear\) \|$", out, re.M)

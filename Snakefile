@@ -54,3 +54,9 @@ onstart:
 
     for src in (os.path.dirname(opdpipe.__file__), os.path.join(workflow.basedir, "workflow", "scripts")):
         compileall.compile_dir(src, quiet=2)  # best effort: a folder it cannot write is left as it is
+    # A local run's jobs are forked from one resident worker that has imported torch, transformers and
+    # lm-eval once (opdpipe/worker.py; OPDPIPE_RESIDENT_WORKER=0 turns it off). Not under a cluster executor.
+    from opdpipe import worker
+
+    if workflow.local_exec and not workflow.remote_exec and worker.wanted():
+        worker.start(os.path.join(".snakemake", "log", "opdpipe-worker.log"))

@@ -2,8 +2,10 @@
 
 Runs `snakemake` as a user would, in a scratch directory, with configs/smoke.yaml (minutes).
 """
+import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -19,9 +21,9 @@ pytestmark = pytest.mark.workflow
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 
 
-def _smk(workdir: Path, *args: str, config: str = "configs/smoke.yaml") -> subprocess.CompletedProcess:
+def _smk(workdir: Path, *args: str, config: str = "configs/smoke.yaml", env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(SNAKEMAKE + ["--directory", str(workdir), "--configfile", config, *args],
-                          cwd=workdir, capture_output=True, text=True, timeout=1800)
+                          cwd=workdir, capture_output=True, text=True, timeout=1800, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -261,6 +263,27 @@ def test_a_two_rank_training_run_completes_in_the_dag(smoke):
         [0, 1, 2, 3, 4]  # rank 0 alone wrote each step once
     log = (smoke / "results/smoke/logs/train/math/reverse_kl-opd_plus-ddp2/seed0.log").read_text()
     assert "--nproc_per_node 2" in log and not (smoke / run / "work").exists()
+
+
+def test_jobs_run_in_the_resident_worker_and_match_a_job_in_its_own_process(smoke, tmp_path):
+    """A local run forks its jobs from the resident worker (opdpipe.worker); a train job forced again in
+    its own process (OPDPIPE_RESIDENT_WORKER=0) writes the same weights, byte for byte."""
+    log = (smoke / ".snakemake" / "log" / "opdpipe-worker.log").read_text()
+    forked = dict(re.findall(r"job (\d+): tmp[^.\s]+\.(\w+)\.py in ", log))
+    res = smoke / "results" / "smoke"
+    runs = sorted(p.parent for p in res.glob("*/*/seed*/summary.json"))
+    assert list(forked.values()).count("train") >= len(runs) > 0
+    assert {"teacher", "sft_init", "evaluate", "track", "report"} <= set(forked.values())
+    assert all(f"job {pid}: exit 0 after" in log for pid in forked)
+    work = tmp_path / "own"
+    shutil.copytree(smoke, work, symlinks=True)
+    run = Path("results/smoke/math/forward_kl-opd/seed1")
+    r = _smk(work, "--cores", "1", "-f", str(run / "final"), env={**os.environ, "OPDPIPE_RESIDENT_WORKER": "0"})
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert (work / ".snakemake" / "log" / "opdpipe-worker.log").read_text() == log  # no worker this time
+    for ckpt in ("final", "best"):
+        again, before = ((d / run / ckpt / "model.safetensors").read_bytes() for d in (work, smoke))
+        assert hashlib.sha256(again).digest() == hashlib.sha256(before).digest(), ckpt
 
 
 def test_malformed_config_starts_no_job(smoke):

@@ -2,10 +2,11 @@
 import os
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from opdpipe.worker import JOB_ENV, delegate
+
+for _key, _value in JOB_ENV.items():  # offline hubs, no telemetry: before anything reads them
+    os.environ.setdefault(_key, _value)
+delegate()  # in a local run the rest of this script runs in the resident worker (opdpipe.worker), if there is one
 
 
 def redirect(log_path: str) -> None:

@@ -40,8 +40,9 @@ _INSIDE_ENV = "OPDPIPE_IN_WORKER"  # set in a forked job: its own _log import mu
 # while no job is waiting: early jobs import what they need themselves, later ones find it imported.
 PRELOAD = ("torch", "opdpipe.plain_llama", "opdpipe.trainer", "opdpipe.train_job")
 PRELOAD_IDLE = ("transformers", "transformers.models.llama.modeling_llama", "datasets", "lm_eval",
-                "lm_eval.models.huggingface", "opdpipe.evaluate", "snakemake.iocontainers", "snakemake.logging",
-                "mlflow", "pandas", "matplotlib")
+                "lm_eval.models.huggingface", "lm_eval.evaluator", "opdpipe.evaluate", "snakemake.iocontainers",
+                "snakemake.logging", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "opdpipe.tracking",
+                "pandas", "opdpipe.report")
 # Every job's environment defaults, set by the rule scripts (their _log) before anything is imported. The
 # worker starts with them too: some libraries read them once, at import (huggingface_hub's offline mode).
 JOB_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -130,7 +131,7 @@ def _child(conn: socket.socket) -> None:
         start = time.perf_counter()
         code = _run(req)
         done.set()
-        _say(f"job {os.getpid()}: exit {code} after {time.perf_counter() - start:.1f} s")
+        _say(f"job {os.getpid()}: exit {code} after {time.perf_counter() - start:.1f} s, {_usage()}")
     except BaseException:  # noqa: BLE001 -- reported to the job's stderr, then the status says it failed
         traceback.print_exc()
     finally:
@@ -149,6 +150,16 @@ def _say(line: str) -> None:
     """A line in the worker's own log (its stderr when it started; a job's stderr is the job's)."""
     if _LOG is not None:
         print(line, file=_LOG, flush=True)
+
+
+def _usage() -> str:
+    """This job's CPU time and peak memory, with its subprocesses': what the `benchmark:` files measured
+    when the job was the process Snakemake started (a forked child's counters start at zero)."""
+    import resource
+
+    own, subs = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + subs.ru_utime + subs.ru_stime
+    return f"cpu {cpu:.1f} s, max rss {max(own.ru_maxrss, subs.ru_maxrss) // 1024} MB"
 
 
 def _receive(conn: socket.socket) -> dict:

@@ -6,6 +6,7 @@ DAG's run through the worker is compared with a run without it in tests/test_wor
 the SLURM run (no worker) in tests/test_cluster.py.
 """
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,7 +87,8 @@ def test_a_job_runs_in_a_child_of_the_worker_with_the_clients_streams_cwd_argv_e
     assert got["cwd"] == str(cwd) and "argv a b c" in out and (got["env"], got["threads"]) == ("seen", "1")
     assert err.strip() == "to stderr" and "held True True" in out  # imported before and after the first job
     log = (tmp_path / "worker.log").read_text()
-    assert f"job {got['pid']}: job.py in {cwd}" in log and f"job {got['pid']}: exit 3 after" in log
+    assert f"job {got['pid']}: job.py in {cwd}" in log
+    assert re.search(rf"job {got['pid']}: exit 3 after [\d.]+ s, cpu [\d.]+ s, max rss [1-9]\d* MB", log)
 
 
 def test_a_failing_job_reports_its_traceback_and_status_1(served, tmp_path):

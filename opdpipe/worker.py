@@ -1,4 +1,4 @@
-"""A resident worker for local runs: torch, transformers and lm-eval imported once, each job forked from there.
+"""A resident worker for local runs on Linux: torch, transformers and lm-eval imported once, each job forked from it.
 
 Every rule script is a new Python process, and importing torch (about 2 s), then transformers and
 lm-eval (several more) is a large share of a short job. The Snakefile's `onstart` starts this
@@ -55,13 +55,15 @@ _REFUSED = b"refused"
 _LOG = None  # the worker's log, kept apart from the streams each job takes over
 
 
-def wanted(env=os.environ) -> bool:
-    """Whether a local run starts the worker: OPDPIPE_RESIDENT_WORKER unset, 1 or 0 (anything else is an error)."""
+def wanted(env=os.environ, platform: str = sys.platform) -> bool:
+    """Whether a local run starts the worker: OPDPIPE_RESIDENT_WORKER unset, 1 or 0 (anything else is an
+    error), and on Linux only (macOS's system libraries are not safe to use in a child forked after they
+    were loaded, the reason Python's multiprocessing spawns there)."""
     value = env.get(SWITCH_ENV, "1")
     if value not in ("0", "1"):
-        raise ValueError(f"{SWITCH_ENV}={value!r}: allowed are 1 (a resident worker for local runs, the default) "
-                         "or 0 (every job its own process)")
-    return value == "1"
+        raise ValueError(f"{SWITCH_ENV}={value!r}: allowed are 1 (a resident worker for local runs on Linux, the "
+                         "default) or 0 (every job its own process)")
+    return value == "1" and platform.startswith("linux")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -150,9 +150,10 @@ def test_the_worker_ends_with_the_process_that_started_it(tmp_path):
     assert _gone(pid) and not sock.exists()
 
 
-@pytest.mark.parametrize("value, on", [(None, True), ("1", True), ("0", False)])
-def test_the_switch(value, on):
-    assert worker.wanted({} if value is None else {worker.SWITCH_ENV: value}) is on
+@pytest.mark.parametrize("value, platform, on", [(None, "linux", True), ("1", "linux", True), ("0", "linux", False),
+                                                (None, "darwin", False), ("1", "win32", False)])
+def test_the_switch(value, platform, on):
+    assert worker.wanted({} if value is None else {worker.SWITCH_ENV: value}, platform) is on
 
 
 def test_a_bad_switch_value_names_the_key_the_value_and_what_is_allowed():

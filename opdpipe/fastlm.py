@@ -14,6 +14,9 @@ rounding (tests/test_fastlm.py and tests/test_packing.py hold them to the refere
   position-wise work (norms, projections, MLP, head) on a batch's tokens alone, not on the padding
   that no token attends: a quarter of an OPD batch's response positions, up to a tenth of its
   prompts', 4-14% of an SFT batch's (_Packed).
+- the training passes (SFT, the OPD update) write the gradients of the SwiGLU gate and of the
+  attention's heads into one tensor each instead of joining zero-filled parts (opdpipe.fused), and
+  the SFT loss of right-padded rows attends with the causal flag alone: the same bits, fewer passes.
 Its larger float32 matrix multiplies go through oneDNN on non-Intel CPUs with AVX-512 (opdpipe.onednn:
 about twice MKL's rate on an AVX-512 AMD CPU), in the gradient too. Models it does not cover
 (other architectures, grouped-query attention, biases, scaled rotary positions, attention dropout,
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from opdpipe.fused import split_heads, swiglu
 from opdpipe.onednn import linear
 from opdpipe.plain_llama import PlainLlama
 from opdpipe.toggles import Toggle
@@ -137,13 +141,9 @@ class _Net:
             h = linear(self.norm(x), qkv)
             if packed is not None:
                 h = packed.spread(h)
-            B, L = h.shape[:2]
-            qkv_h = h.view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            q, k = _rotate(qkv_h[:2], rot).unbind(0)  # rotary positions on q and k at once
-            a = attend(i, q, k, qkv_h[2])
+            a = attend(i, *split_heads(h, rot, self.heads))  # rotary positions on q and k at once
             x = x + linear(a if packed is None else packed.pick(a), o_w)
-            g, u = linear(self.norm(x), gate_up).chunk(2, dim=-1)
-            x = x + linear(F.silu(g) * u, down)
+            x = x + linear(swiglu(linear(self.norm(x), gate_up)), down)
         return x
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -158,21 +158,17 @@ def _pair_rows(heads: int, d: int, device) -> torch.Tensor:
     return (torch.arange(heads, device=device)[:, None] * d + per_head).flatten()
 
 
-def _rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-    """x [..., d] (rotary pairs side by side) times the complex rotations rot [..., d/2]: for each pair
-    (a, b), (a cos - b sin, a sin + b cos), as transformers' rotate_half form computes."""
-    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * rot).flatten(-2)
-
-
-def _full_attention(mask: torch.Tensor, scale: float, past=None, keep: list | None = None):
+def _full_attention(mask: torch.Tensor | None, scale: float, past=None, keep: list | None = None):
     """Attention over whole rows: mask [B, 1, L, K] (True = attend) covers `past[i]` (k, v) of earlier
-    positions (prefill's, shared by groups of rows), then these L; `keep` collects each layer's new (k, v)."""
+    positions (prefill's, shared by groups of rows), then these L; `keep` collects each layer's new (k, v).
+    mask None: causal over these L alone (no past)."""
     def attend(i, q, k, v):
         if keep is not None:
             keep.append((k, v))
         if past is not None:
             k, v = _with_past(past[i][0], k), _with_past(past[i][1], v)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).transpose(1, 2).flatten(2)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                              scale=scale).transpose(1, 2).flatten(2)
     return attend
 
 
@@ -347,11 +343,15 @@ def logits(model, ids: torch.Tensor, attn: torch.Tensor, at: torch.Tensor | None
     """model(input_ids=ids, attention_mask=attn).logits [B, L, V] of right-padded rows (SFT batches):
     positions 0..L-1, a padding key never attended (a padding query still sees the row's tokens).
     With `at` ([B, L] bool, within attn), only the logits at those positions, [N, V] in row-major
-    order, and the layers' position-wise work runs on the rows' tokens alone (none attends padding)."""
+    order, and the layers' position-wise work runs on the rows' tokens alone (none attends padding).
+    Right-padded rows read at `at` need no padding mask: a token's earlier positions are all tokens,
+    and what a padding position computes is never read (the causal flag alone gives the same bits)."""
     net = _Net.of(model)
     B, L = ids.shape
-    causal = torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()
-    mask = (causal[None] & attn.bool()[:, None, :])[:, None]
+    mask = None
+    if at is None or not _right_padded(attn):
+        causal = torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()
+        mask = (causal[None] & attn.bool()[:, None, :])[:, None]
     rot, attend = net.rope(torch.arange(L, device=ids.device).expand(B, -1)), _full_attention(mask, net.scale)
     if at is None or not _PACK.on:
         x = net.layers(net.embed(ids), rot, attend)
@@ -359,6 +359,11 @@ def logits(model, ids: torch.Tensor, attn: torch.Tensor, at: torch.Tensor | None
     tokens = _Packed.of(attn.bool())
     x = net.layers(net.embed(tokens.pick(ids)), rot, attend, packed=tokens)
     return net.head(tokens.spread(x)[at])
+
+
+def _right_padded(attn: torch.Tensor) -> bool:
+    """Each row's tokens first, then its padding."""
+    return bool((attn[:, 1:] <= attn[:, :-1]).all())
 
 
 @torch.no_grad()

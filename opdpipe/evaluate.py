@@ -7,7 +7,7 @@ per-sample outputs. The same numbers come out of the plain CLI:
 
     lm_eval --model hf --model_args pretrained=<checkpoint>,dtype=float32 --device cpu \
         --include_path <out>/lmeval_tasks --tasks opd_<task>_greedy,opd_<task>_avg<k> \
-        --batch_size 64 --seed <seed>
+        --batch_size <eval.batch_size> --seed <seed>
 """
 from __future__ import annotations
 

@@ -206,3 +206,45 @@ def test_gemm_rate_times_every_shape_and_checks_its_bits(capsys, monkeypatch, av
     used = "yes" if avx512 else r"no \(F\.linear: MKL preferred on this CPU\)"
     assert re.search(r"^\| 1984 x 64 x 512 \|.*\| yes \| " + used + r" \|$", out, re.M)
     assert re.search(r"^\| 64 x 64 x 192 \|.*\| no \(F\.linear\) \|$", out, re.M)
+
+
+def test_compiled_decode_arguments_are_checked_before_any_work():
+    import compiled_decode
+
+    for argv, message in [(["--task", "chess"], r"--task = 'chess': allowed: math, tooluse"),
+                          (["--rows", "0"], r"--rows = 0, --prompt = 24, --steps = 200, --rounds = 3: allowed: all >= 1")]:
+        assert re.search(message, _stderr_of(compiled_decode.parse_args, argv)), argv
+
+
+def test_the_compiled_decode_benchmark_steps_as_the_fast_path_decodes():
+    """Its static-shape step (every cache slot attended, the unused ones masked) gives the fast path's
+    next-token logits, so what it times is the rollout's arithmetic."""
+    import compiled_decode
+
+    from opdpipe import fastlm
+    from opdpipe.models import build_model
+    from opdpipe.tokenizer import build_char_tokenizer
+
+    torch.set_num_threads(1)
+    tok = build_char_tokenizer()
+    spec = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+            "max_position_embeddings": 128}
+    net = fastlm._Net.of(build_model(spec, tok, 0))
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, len(tok), (n,), generator=gen).tolist() for n in (5, 9, 7) for _ in range(2)]
+    new = 4
+    with torch.no_grad():
+        last, kv, valid, next_pos = fastlm.prefill(net, prompts, tok.pad_token_id)
+        cache = fastlm._DecodeCache(kv, valid, new, net.scale)
+        P, tokens = valid.shape[1], net.head(last).argmax(-1)
+        rot = net.rope(next_pos[:, None])  # the first decoded position, [B, 1, 1, d/2]
+        cache.at = P
+        want = net.head(net.layers(net.embed(tokens[:, None]), rot, cache.attend)[:, 0])
+        bias = fastlm._DecodeCache(kv, valid, new, net.scale).bias
+        bias[..., P:] = float("-inf")  # the static form masks the slots not yet written
+        fresh = fastlm._DecodeCache(kv, valid, new, net.scale)  # slots from P on unwritten: zero them
+        kt, vc = [t.index_fill(2, torch.arange(P, P + new), 0.0) for t in fresh.kt], \
+            [t.index_fill(1, torch.arange(P, P + new), 0.0) for t in fresh.v]
+        step = compiled_decode.make_step(net, len(prompts))
+        got = step(tokens, torch.tensor([P]), rot.real[:, 0], rot.imag[:, 0], kt, vc, bias)
+    assert (got - want).abs().max() < 1e-5

@@ -57,7 +57,6 @@ class _Heads(torch.autograd.Function):
         qkv = h.view(B, L, 3, heads, -1).permute(2, 0, 3, 1, 4)
         q, k = rotate(qkv[:2], rot).unbind(0)
         ctx.save_for_backward(rot)
-        ctx.heads = heads
         return q, k, qkv[2]
 
     @staticmethod

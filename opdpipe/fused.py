@@ -50,14 +50,19 @@ def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * rot).flatten(-2)
 
 
+def _heads(h: torch.Tensor, rot: torch.Tensor, n_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The composite: h's q, k, v slots as [B, H, L, d] views, q and k rotated at once."""
+    B, L = h.shape[:2]
+    qkv = h.view(B, L, 3, n_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k = rotate(qkv[:2], rot).unbind(0)
+    return q, k, qkv[2]
+
+
 class _Heads(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: torch.Tensor, rot: torch.Tensor, heads: int):
-        B, L = h.shape[:2]
-        qkv = h.view(B, L, 3, heads, -1).permute(2, 0, 3, 1, 4)
-        q, k = rotate(qkv[:2], rot).unbind(0)
+    def forward(ctx, h: torch.Tensor, rot: torch.Tensor, n_heads: int):
         ctx.save_for_backward(rot)
-        return q, k, qkv[2]
+        return _heads(h, rot, n_heads)
 
     @staticmethod
     def backward(ctx, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor):
@@ -67,8 +72,7 @@ class _Heads(torch.autograd.Function):
         slots = grad.permute(2, 0, 3, 1, 4)
         # as the composite: the two gradients stacked, rotated back in one contiguous multiply (its
         # vectorised and scalar loops round a complex product alike only where they split it alike)
-        slots[:2] = torch.view_as_real(torch.view_as_complex(torch.stack([dq, dk]).unflatten(-1, (-1, 2)))
-                                       * rot.conj()).flatten(-2)
+        slots[:2] = rotate(torch.stack([dq, dk]), rot.conj())
         slots[2] = dv
         return grad.view(B, L, 3 * H * d), None, None
 
@@ -80,7 +84,4 @@ def split_heads(h: torch.Tensor, rot: torch.Tensor, n_heads: int) -> tuple[torch
     zero-filled tensors added together, three more passes over all of it."""
     if torch.is_grad_enabled() and h.requires_grad:
         return _Heads.apply(h, rot, n_heads)
-    B, L = h.shape[:2]
-    qkv = h.view(B, L, 3, n_heads, -1).permute(2, 0, 3, 1, 4)
-    q, k = rotate(qkv[:2], rot).unbind(0)
-    return q, k, qkv[2]
+    return _heads(h, rot, n_heads)

@@ -240,11 +240,10 @@ def test_the_compiled_decode_benchmark_steps_as_the_fast_path_decodes():
         rot = net.rope(next_pos[:, None])  # the first decoded position, [B, 1, 1, d/2]
         cache.at = P
         want = net.head(net.layers(net.embed(tokens[:, None]), rot, cache.attend)[:, 0])
-        bias = fastlm._DecodeCache(kv, valid, new, net.scale).bias
-        bias[..., P:] = float("-inf")  # the static form masks the slots not yet written
         fresh = fastlm._DecodeCache(kv, valid, new, net.scale)  # slots from P on unwritten: zero them
         kt, vc = [t.index_fill(2, torch.arange(P, P + new), 0.0) for t in fresh.kt], \
             [t.index_fill(1, torch.arange(P, P + new), 0.0) for t in fresh.v]
+        bias = fresh.bias.index_fill(2, torch.arange(P, P + new), float("-inf"))  # the static form masks them
         step = compiled_decode.make_step(net, len(prompts))
         got = step(tokens, torch.tensor([P]), rot.real[:, 0], rot.imag[:, 0], kt, vc, bias)
     assert (got - want).abs().max() < 1e-5
